@@ -1,0 +1,22 @@
+"""The `segloc` console script: the library's commands plus the ones that need a ROS graph."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from segloc_core import cli as core_cli
+
+COMMANDS = {
+    **core_cli.COMMANDS,
+    "launch": ("segloc_ros.launcher", "start the localization node graph (pip-only `ros2 launch`)"),
+}
+BENCHES = {**core_cli.BENCHES}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return core_cli.main(argv, COMMANDS, BENCHES)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
