@@ -10,6 +10,7 @@ COLCON_BUILD := build/colcon
 # DDS stays on loopback; the Fast DDS profile gives camera frames a big enough SHM segment.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE := $(CURDIR)/config/fastdds.xml
+export SEGLOC_HOME := $(CURDIR)/.segloc
 
 MSG_FILES := $(wildcard msg/*.msg srv/*.srv) $(wildcard interfaces/*/CMakeLists.txt interfaces/*/package.xml interfaces/*/msg/*.msg)
 
