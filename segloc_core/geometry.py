@@ -1,0 +1,385 @@
+"""Geometry vocabulary: rigid transforms (`Pose`) and COLMAP camera models (`Camera`).
+
+Conventions live in names, not comments elsewhere:
+- `T_a_b` maps points from frame b into frame a: x_a = R x_b + t. Camera poses are `T_cam_world`
+  (world -> camera, OpenCV optical frame: x right, y down, z forward) or `T_world_cam`.
+- Twists xi (6,) = [rho (3), omega (3)]: rho the translation part, omega a rotation vector (rad).
+  `Pose.exp` is the true SE(3) exponential (t = V(omega) rho); for a pure translation rho = t.
+  Optimizers use the *left* update T <- exp(xi) @ T, whose Jacobian at xi = 0 on a transformed point
+  p = T x is d p / d xi = [I, -[p]_x] (`jacobian_left_update`).
+- Pixel convention: COLMAP's. The centre of the top-left pixel is at (0.5, 0.5), the image spans
+  [0, width] x [0, height]; OpenGL agrees. OpenCV / ROS CameraInfo put that centre at (0, 0):
+  convert intrinsics with `Camera.from_opencv_K` / `Camera.to_opencv_K` (cx_colmap = cx_opencv + 0.5).
+  With this convention, scaling an image by s scales fx, fy, cx, cy by s exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
+
+from segloc_core.errors import InputError
+
+_SMALL_ANGLE = 1e-8
+
+
+def skew(v: np.ndarray) -> np.ndarray:
+    """Cross-product matrices [v]_x, batched: (..., 3) -> (..., 3, 3)."""
+    v = np.asarray(v, dtype=np.float64)
+    out = np.zeros(v.shape[:-1] + (3, 3))
+    out[..., 0, 1], out[..., 0, 2] = -v[..., 2], v[..., 1]
+    out[..., 1, 0], out[..., 1, 2] = v[..., 2], -v[..., 0]
+    out[..., 2, 0], out[..., 2, 1] = -v[..., 1], v[..., 0]
+    return out
+
+
+def _so3_left_jacobian(omega: np.ndarray) -> np.ndarray:
+    """V(omega) of the SE(3) exponential: t = V rho (Taylor series near zero angle)."""
+    theta = float(np.linalg.norm(omega))
+    W = skew(omega)
+    if theta < 1e-5:
+        return np.eye(3) + 0.5 * W + W @ W / 6.0
+    a = (1.0 - np.cos(theta)) / theta**2
+    b = (theta - np.sin(theta)) / theta**3
+    return np.eye(3) + a * W + b * (W @ W)
+
+
+def _as_rotation_matrix(R: np.ndarray) -> np.ndarray:
+    R = np.asarray(R, dtype=np.float64)
+    if R.shape != (3, 3):
+        raise InputError(f"rotation must be (3, 3), got {R.shape}")
+    return R
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Rigid transform T_a_b: x_a = R @ x_b + t. R (3,3) float64 rotation, t (3,) float64 metres."""
+
+    R: np.ndarray = field(default_factory=lambda: np.eye(3))
+    t: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+    def __post_init__(self) -> None:
+        t = np.asarray(self.t, dtype=np.float64).reshape(-1)
+        if t.shape != (3,):
+            raise InputError(f"translation must have 3 elements, got shape {np.shape(self.t)}")
+        object.__setattr__(self, "R", _as_rotation_matrix(self.R))
+        object.__setattr__(self, "t", t)
+
+    # construction -------------------------------------------------------------------------------
+    @classmethod
+    def identity(cls) -> Pose:
+        return cls(np.eye(3), np.zeros(3))
+
+    @classmethod
+    def from_matrix(cls, T: np.ndarray) -> Pose:
+        T = np.asarray(T, dtype=np.float64)
+        if T.shape != (4, 4):
+            raise InputError(f"pose matrix must be (4, 4), got {T.shape}")
+        return cls(T[:3, :3].copy(), T[:3, 3].copy())
+
+    @classmethod
+    def from_quat_xyzw(cls, q: np.ndarray, t: np.ndarray) -> Pose:
+        """From a unit quaternion in ROS / scipy order (x, y, z, w) and a translation."""
+        q = np.asarray(q, dtype=np.float64)
+        if q.shape != (4,) or not np.all(np.isfinite(q)) or np.linalg.norm(q) < 1e-12:
+            raise InputError(f"quaternion must be 4 finite, non-zero numbers (x, y, z, w), got {q}")
+        return cls(Rotation.from_quat(q).as_matrix(), t)
+
+    @classmethod
+    def from_rotvec(cls, rotvec: np.ndarray, t: np.ndarray) -> Pose:
+        return cls(Rotation.from_rotvec(np.asarray(rotvec, dtype=np.float64)).as_matrix(), t)
+
+    @classmethod
+    def exp(cls, xi: np.ndarray) -> Pose:
+        """SE(3) exponential of xi = [rho, omega] (see module docstring)."""
+        xi = np.asarray(xi, dtype=np.float64).reshape(-1)
+        if xi.shape != (6,):
+            raise InputError(f"twist must have 6 elements [rho, omega], got shape {xi.shape}")
+        rho, omega = xi[:3], xi[3:]
+        return cls(Rotation.from_rotvec(omega).as_matrix(), _so3_left_jacobian(omega) @ rho)
+
+    # conversion ---------------------------------------------------------------------------------
+    def matrix(self) -> np.ndarray:
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = self.R, self.t
+        return T
+
+    def quat_xyzw(self) -> np.ndarray:
+        return Rotation.from_matrix(self.R).as_quat()
+
+    def rotvec(self) -> np.ndarray:
+        return Rotation.from_matrix(self.R).as_rotvec()
+
+    def log(self) -> np.ndarray:
+        """Inverse of `exp`: xi = [rho, omega] with exp(xi) == self."""
+        omega = self.rotvec()
+        return np.concatenate([np.linalg.solve(_so3_left_jacobian(omega), self.t), omega])
+
+    # algebra ------------------------------------------------------------------------------------
+    def inv(self) -> Pose:
+        return Pose(self.R.T, -self.R.T @ self.t)
+
+    def __matmul__(self, other: Pose) -> Pose:
+        """Composition: (T_a_b @ T_b_c) = T_a_c."""
+        if not isinstance(other, Pose):
+            return NotImplemented
+        return Pose(self.R @ other.R, self.R @ other.t + self.t)
+
+    def transform(self, pts: np.ndarray) -> np.ndarray:
+        """Map points (N,3) (or (3,)) from frame b to frame a."""
+        pts = np.asarray(pts, dtype=np.float64)
+        return pts @ self.R.T + self.t
+
+    def interpolate(self, other: Pose, alpha: float) -> Pose:
+        """Rotation by slerp, translation linearly; alpha=0 gives self, 1 gives other.
+
+        For T_world_cam poses this moves the camera centre on a straight line (what odometry
+        interpolation between timestamps wants).
+        """
+        rots = Rotation.from_matrix(np.stack([self.R, other.R]))
+        R = Slerp([0.0, 1.0], rots)([float(alpha)]).as_matrix()[0]
+        return Pose(R, (1.0 - alpha) * self.t + alpha * other.t)
+
+    def is_finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.R)) and np.all(np.isfinite(self.t)))
+
+    def center(self) -> np.ndarray:
+        """For T_cam_world: the camera centre in world coordinates (-R^T t)."""
+        return -self.R.T @ self.t
+
+    def __repr__(self) -> str:
+        return f"Pose(rotvec={np.round(self.rotvec(), 5).tolist()}, t={np.round(self.t, 5).tolist()})"
+
+
+def pose_error(T_cam_world_est: Pose, T_cam_world_gt: Pose) -> tuple[float, float]:
+    """(camera-centre distance in metres, rotation angle in degrees) between two camera poses."""
+    dt = float(np.linalg.norm(T_cam_world_est.center() - T_cam_world_gt.center()))
+    dR = T_cam_world_est.R @ T_cam_world_gt.R.T
+    cos = np.clip((np.trace(dR) - 1.0) / 2.0, -1.0, 1.0)
+    return dt, float(np.degrees(np.arccos(cos)))
+
+
+def jacobian_left_update(p: np.ndarray) -> np.ndarray:
+    """d p / d xi at xi = 0 for p' = exp(xi) p (left update), batched: (N,3) -> (N,3,6) = [I, -[p]_x]."""
+    p = np.asarray(p, dtype=np.float64)
+    J = np.zeros(p.shape[:-1] + (3, 6))
+    J[..., 0, 0] = J[..., 1, 1] = J[..., 2, 2] = 1.0
+    J[..., 3:] = -skew(p)
+    return J
+
+
+# ------------------------------------------------------------------------------------------------
+# Cameras
+
+# model -> (parameter names in COLMAP order)
+CAMERA_MODELS: dict[str, tuple[str, ...]] = {
+    "PINHOLE": ("fx", "fy", "cx", "cy"),
+    "SIMPLE_RADIAL": ("f", "cx", "cy", "k"),
+    "RADIAL": ("f", "cx", "cy", "k1", "k2"),
+    "OPENCV": ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2"),
+}
+
+MIN_DEPTH = 1e-3  # metres; points closer to (or behind) the camera plane are not projected
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A COLMAP camera: model name, image size in pixels and parameters in COLMAP order.
+
+    Pixel convention: COLMAP's (top-left pixel centre at (0.5, 0.5)); see the module docstring.
+    """
+
+    model: str
+    width: int
+    height: int
+    params: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.model not in CAMERA_MODELS:
+            raise InputError(f"camera model {self.model!r} unsupported; use one of {list(CAMERA_MODELS)}")
+        params = np.asarray(self.params, dtype=np.float64).reshape(-1)
+        names = CAMERA_MODELS[self.model]
+        if params.shape != (len(names),) or not np.all(np.isfinite(params)):
+            raise InputError(f"{self.model} camera needs {len(names)} finite params {names}, got {self.params}")
+        if int(self.width) <= 0 or int(self.height) <= 0:
+            raise InputError(f"camera size must be positive, got {self.width}x{self.height}")
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "height", int(self.height))
+
+    # intrinsics ---------------------------------------------------------------------------------
+    @property
+    def focal(self) -> tuple[float, float]:
+        p = self.params
+        return (p[0], p[0]) if self.model in ("SIMPLE_RADIAL", "RADIAL") else (p[0], p[1])
+
+    @property
+    def principal_point(self) -> tuple[float, float]:
+        p = self.params
+        return (p[1], p[2]) if self.model in ("SIMPLE_RADIAL", "RADIAL") else (p[2], p[3])
+
+    @property
+    def distortion(self) -> np.ndarray:
+        """OpenCV-order coefficients (k1, k2, p1, p2) equivalent to this model's distortion."""
+        p = self.params
+        if self.model == "PINHOLE":
+            return np.zeros(4)
+        if self.model == "SIMPLE_RADIAL":
+            return np.array([p[3], 0.0, 0.0, 0.0])
+        if self.model == "RADIAL":
+            return np.array([p[3], p[4], 0.0, 0.0])
+        return p[4:8].copy()
+
+    @property
+    def K(self) -> np.ndarray:
+        """3x3 intrinsics in COLMAP's pixel convention (see `to_opencv_K` for OpenCV's)."""
+        (fx, fy), (cx, cy) = self.focal, self.principal_point
+        return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+    def to_opencv_K(self) -> np.ndarray:
+        """3x3 intrinsics in OpenCV / ROS CameraInfo convention (top-left pixel centre at (0, 0))."""
+        K = self.K
+        K[0, 2] -= 0.5
+        K[1, 2] -= 0.5
+        return K
+
+    @classmethod
+    def from_opencv_K(cls, K: np.ndarray, width: int, height: int,
+                      dist: np.ndarray | None = None) -> Camera:
+        """From OpenCV / ROS intrinsics (and optional plumb-bob k1 k2 p1 p2 [k3=0]) to COLMAP.
+
+        Returns PINHOLE without distortion, else OPENCV; a non-zero k3 or beyond is refused.
+        """
+        K = np.asarray(K, dtype=np.float64)
+        if K.shape != (3, 3):
+            raise InputError(f"K must be 3x3, got {K.shape}")
+        fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5
+        d = np.zeros(4) if dist is None else np.asarray(dist, dtype=np.float64).reshape(-1)
+        if d.size < 4 and d.size != 0:
+            raise InputError(f"distortion needs k1 k2 p1 p2 (got {d.size} values)")
+        if d.size > 4 and np.any(d[4:] != 0):
+            raise InputError(f"distortion terms beyond k1 k2 p1 p2 are not supported: {d}")
+        d = d[:4] if d.size else np.zeros(4)
+        if not np.any(d):
+            return cls("PINHOLE", width, height, np.array([fx, fy, cx, cy]))
+        return cls("OPENCV", width, height, np.array([fx, fy, cx, cy, *d]))
+
+    def scaled(self, sx: float, sy: float | None = None) -> Camera:
+        """The camera of the image resized by (sx, sy): width*sx x height*sy pixels.
+
+        Exact under COLMAP's pixel convention. A single-focal model resized anisotropically becomes
+        the equivalent OPENCV camera (no approximation).
+        """
+        sy = sx if sy is None else sy
+        if not (sx > 0 and sy > 0):
+            raise InputError(f"scale factors must be positive, got {sx}, {sy}")
+        width, height = int(round(self.width * sx)), int(round(self.height * sy))
+        (fx, fy), (cx, cy) = self.focal, self.principal_point
+        p = self.params.copy()
+        if self.model in ("SIMPLE_RADIAL", "RADIAL"):
+            if abs(sx - sy) <= 1e-9 * max(sx, sy):
+                p[:3] = [fx * sx, cx * sx, cy * sy]
+                return Camera(self.model, width, height, p)
+            return Camera("OPENCV", width, height,
+                          np.array([fx * sx, fy * sy, cx * sx, cy * sy, *self.distortion]))
+        p[:4] = [fx * sx, fy * sy, cx * sx, cy * sy]
+        return Camera(self.model, width, height, p)
+
+    def scaled_to(self, width: int, height: int) -> Camera:
+        """The camera of the whole image resized to exactly width x height (e.g. a feature level)."""
+        return self.scaled(width / self.width, height / self.height)
+
+    # distortion on normalized coordinates ---------------------------------------------------------
+    def _distort(self, xy: np.ndarray, with_jacobian: bool = False):
+        """Normalized (N,2) -> distorted normalized (N,2) [and d distorted / d xy (N,2,2)]."""
+        k1, k2, p1, p2 = self.distortion
+        x, y = xy[:, 0], xy[:, 1]
+        r2 = x * x + y * y
+        radial = k1 * r2 + k2 * r2 * r2
+        xd = x + x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+        yd = y + y * radial + 2 * p2 * x * y + p1 * (r2 + 2 * y * y)
+        out = np.stack([xd, yd], axis=-1)
+        if not with_jacobian:
+            return out
+        drad = k1 + 2 * k2 * r2  # d radial / d r2
+        J = np.empty(xy.shape[:1] + (2, 2))
+        J[:, 0, 0] = 1 + radial + 2 * x * x * drad + 2 * p1 * y + 6 * p2 * x
+        J[:, 0, 1] = 2 * x * y * drad + 2 * p1 * x + 2 * p2 * y
+        J[:, 1, 0] = 2 * x * y * drad + 2 * p2 * y + 2 * p1 * x
+        J[:, 1, 1] = 1 + radial + 2 * y * y * drad + 2 * p2 * x + 6 * p1 * y
+        return out, J
+
+    def _undistort(self, xyd: np.ndarray, iterations: int = 20) -> np.ndarray:
+        """Invert `_distort` by Newton iterations (batched), as COLMAP's IterativeUndistortion."""
+        xy = xyd.copy()
+        if self.model == "PINHOLE":
+            return xy
+        for _ in range(iterations):
+            f, J = self._distort(xy, with_jacobian=True)
+            step = np.linalg.solve(J, (f - xyd)[..., None])[..., 0]
+            xy -= step
+            if np.max(np.abs(step), initial=0.0) < 1e-12:
+                break
+        return xy
+
+    # projection ---------------------------------------------------------------------------------
+    def in_image(self, uv: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Pixel coordinates within [margin, size - margin] (COLMAP convention)."""
+        return ((uv[:, 0] >= margin) & (uv[:, 0] <= self.width - margin)
+                & (uv[:, 1] >= margin) & (uv[:, 1] <= self.height - margin))
+
+    def project(self, p_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Camera-frame points (N,3) -> pixels uv (N,2), valid (N,): in front and inside the image.
+
+        Invalid points still get (finite where possible) coordinates; callers must mask them.
+        """
+        uv, valid, _ = self.project_with_jacobian(p_cam, with_jacobian=False)
+        return uv, valid
+
+    def project_with_jacobian(self, p_cam: np.ndarray, with_jacobian: bool = True):
+        """As `project`, plus d uv / d p_cam (N,2,3) (None when with_jacobian is False)."""
+        p = np.asarray(p_cam, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != 3:
+            raise InputError(f"points must be (N, 3), got {p.shape}")
+        z = p[:, 2]
+        front = z > MIN_DEPTH
+        zs = np.where(front, z, 1.0)
+        xy = p[:, :2] / zs[:, None]
+        (fx, fy), (cx, cy) = self.focal, self.principal_point
+        if self.model == "PINHOLE":
+            xyd, Jd = xy, None
+        else:
+            xyd, Jd = self._distort(xy, with_jacobian=True)
+        uv = np.stack([fx * xyd[:, 0] + cx, fy * xyd[:, 1] + cy], axis=-1)
+        with np.errstate(invalid="ignore"):
+            valid = front & self.in_image(uv)
+        if not with_jacobian:
+            return uv, valid, None
+        # d xy / d p = [[1/z, 0, -x/z], [0, 1/z, -y/z]]
+        inv_z = 1.0 / zs
+        Jxy = np.zeros(p.shape[:1] + (2, 3))
+        Jxy[:, 0, 0] = inv_z
+        Jxy[:, 1, 1] = inv_z
+        Jxy[:, 0, 2] = -xy[:, 0] * inv_z
+        Jxy[:, 1, 2] = -xy[:, 1] * inv_z
+        if Jd is not None:
+            Jxy = Jd @ Jxy
+        J = Jxy * np.array([fx, fy])[None, :, None]
+        return uv, valid, J
+
+    def unproject(self, uv: np.ndarray) -> np.ndarray:
+        """Pixels (N,2) -> camera-frame points (N,3) on the z = 1 plane (multiply by z-depth)."""
+        uv = np.asarray(uv, dtype=np.float64)
+        if uv.ndim != 2 or uv.shape[1] != 2:
+            raise InputError(f"pixels must be (N, 2), got {uv.shape}")
+        (fx, fy), (cx, cy) = self.focal, self.principal_point
+        xyd = np.stack([(uv[:, 0] - cx) / fx, (uv[:, 1] - cy) / fy], axis=-1)
+        xy = self._undistort(xyd)
+        return np.concatenate([xy, np.ones((xy.shape[0], 1))], axis=-1)
+
+    def pixel_centers(self) -> np.ndarray:
+        """(H, W, 2) pixel-centre coordinates (u, v) in COLMAP convention: (j + 0.5, i + 0.5)."""
+        u, v = np.meshgrid(np.arange(self.width) + 0.5, np.arange(self.height) + 0.5)
+        return np.stack([u, v], axis=-1)
