@@ -1,0 +1,38 @@
+"""`ros2 launch segloc_ros localize.launch.py [name:=value ...]`: the segloc localization graph.
+
+The graph, its parameter files and its arguments come from `segloc_ros.graph`, which the
+project's own launcher (`segloc launch`, for pip-only installs) uses too: one description.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from segloc_ros.graph import LAUNCH_ARGUMENTS, PACKAGE, localize_graph, ros_environment
+from segloc_ros.params import validate_params_file
+
+
+def _nodes(context):
+    values = {arg.name: LaunchConfiguration(arg.name).perform(context) for arg in LAUNCH_ARGUMENTS}
+    graph = localize_graph(values)
+    for path in graph.params_files:
+        validate_params_file(path, graph.declared())
+    return [
+        Node(package=PACKAGE, executable=node.executable, name=node.name,
+             namespace=graph.namespace, output="screen", respawn=node.respawn, respawn_delay=1.0,
+             arguments=list(node.arguments),
+             parameters=[*map(str, graph.params_files), node.parameters])
+        for node in graph.nodes
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    env = ros_environment({})
+    return LaunchDescription([
+        *[DeclareLaunchArgument(arg.name, default_value=arg.default, description=arg.description)
+          for arg in LAUNCH_ARGUMENTS],
+        *[SetEnvironmentVariable(name, env[name])
+          for name in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE")],
+        OpaqueFunction(function=_nodes),
+    ])

@@ -1,0 +1,1 @@
+"""Small nodes that exercise the project's ROS plumbing in separate processes during tests."""

@@ -1,0 +1,170 @@
+"""ROS plumbing on a real rclpy graph over Fast DDS: segloc_msgs and TF across processes,
+the TF buffer's interpolation and extrapolation errors, and the launcher's supervision."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segloc_core.errors import InputError
+from segloc_core.geometry import Pose
+from segloc_ros.graph import Graph, NodeSpec, localize_graph, ros_environment
+from segloc_ros.launcher import run_graph
+from segloc_ros.params import ParamSpec, validate_params_file
+from segloc_ros.tf import TransformBuffer, TransformUnavailable, pose_to_transform
+
+TEST_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(TEST_DIR))
+from ros_test_nodes import talker  # noqa: E402
+
+
+def _env() -> dict[str, str]:
+    env = ros_environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(TEST_DIR), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _expected_T_odom_cam() -> Pose:
+    T_odom_base = talker.T_ODOM_BASE_1S.interpolate(talker.T_ODOM_BASE_2S, 0.5)
+    return T_odom_base @ talker.T_BASE_CAM
+
+
+def test_two_processes_exchange_segloc_msg_and_interpolated_tf():
+    env = _env()
+    talk = subprocess.Popen([sys.executable, "-m", "ros_test_nodes.talker"], env=env)
+    try:
+        out = subprocess.run([sys.executable, "-m", "ros_test_nodes.listener"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        talk.send_signal(signal.SIGINT)
+        talk.wait(10)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["state"] == 2 and result["num_points"] == 42
+    assert result["consistency"] == pytest.approx(0.75)
+    expected = _expected_T_odom_cam()
+    np.testing.assert_allclose(np.array(result["T_odom_cam"]), expected.matrix(), atol=1e-6)
+    # halfway between the samples: 0.4 rad of yaw, translation halfway
+    assert Pose.from_matrix(np.array(result["T_odom_cam"])).rotvec()[2] == pytest.approx(0.4)
+    assert talk.returncode == 0  # clean shutdown on SIGINT
+
+
+def test_buffer_interpolates_and_refuses_extrapolation():
+    buffer = TransformBuffer(cache_time_s=10.0)
+    a = Pose.from_rotvec([0, 0, 0], [0, 0, 0])
+    b = Pose.from_rotvec([0, 0, 1.0], [4.0, 0, 0])
+    buffer.set_transform(pose_to_transform(b, "odom", "base_link", 3_000_000_000))  # out of order
+    buffer.set_transform(pose_to_transform(a, "odom", "base_link", 1_000_000_000))
+    buffer.set_transform(pose_to_transform(Pose.from_rotvec([0, 0, 0], [0, 0, 1]), "base_link",
+                                           "camera", 0), static=True)
+    T = buffer.lookup("odom", "camera", 1_500_000_000)
+    np.testing.assert_allclose(T.t, [1.0, 0.0, 1.0], atol=1e-9)
+    assert T.rotvec()[2] == pytest.approx(0.25)
+    np.testing.assert_allclose(buffer.lookup("camera", "odom", 1_500_000_000).matrix(),
+                               T.inv().matrix(), atol=1e-9)
+    with pytest.raises(TransformUnavailable, match="extrapolation"):
+        buffer.lookup("odom", "camera", 3_500_000_000)
+    with pytest.raises(TransformUnavailable, match="map"):
+        buffer.lookup("map", "camera", 1_500_000_000)
+
+
+def test_buffer_rejects_nan_transform():
+    buffer = TransformBuffer()
+    msg = pose_to_transform(Pose.identity(), "odom", "base_link", 1)
+    msg.transform.rotation.w = float("nan")
+    with pytest.raises(InputError):
+        buffer.set_transform(msg)
+
+
+def _graph(tmp_path: Path, nodes: tuple[NodeSpec, ...], params: str) -> Graph:
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(params)
+    return Graph("segloc_test", (params_file,), nodes)
+
+
+def _talker(tmp_path: Path, respawn: bool = True) -> NodeSpec:
+    return NodeSpec("talker", "talker", "ros_test_nodes.talker", talker.PARAMS, {"rate_hz": 5.0},
+                    respawn, ("--pid-file", str(tmp_path / "talker.pids")))
+
+
+def _crasher(tmp_path: Path, respawn: bool) -> NodeSpec:
+    return NodeSpec("crasher", "crasher", "ros_test_nodes.crasher", (), {}, respawn,
+                    ("--log", str(tmp_path / "crasher.log")))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_launcher_stops_graph_when_node_dies_without_respawn(tmp_path):
+    graph = _graph(tmp_path, (_talker(tmp_path), _crasher(tmp_path, respawn=False)),
+                   "/**/talker:\n  ros__parameters:\n    rate_hz: 10.0\n")
+    assert run_graph(graph, env=_env()) == 1
+    pid = int((tmp_path / "talker.pids").read_text().split()[0])
+    assert not _alive(pid)
+
+
+def test_launcher_restarts_dead_node_then_gives_up(tmp_path):
+    graph = _graph(tmp_path, (_crasher(tmp_path, respawn=True),),
+                   "/**:\n  ros__parameters:\n    use_sim_time: false\n")
+    assert run_graph(graph, env=_env(), max_restarts=2, restart_delay_s=0.1) == 1
+    assert (tmp_path / "crasher.log").read_text().count("started") == 3
+
+
+def test_launcher_sigint_shuts_down_cleanly(tmp_path):
+    script = (
+        "import sys, pathlib; sys.path.insert(0, sys.argv[1]);"
+        "from test_ros_plumbing import _graph, _talker;"
+        "from segloc_ros.launcher import run_graph;"
+        "t = pathlib.Path(sys.argv[2]);"
+        "sys.exit(run_graph(_graph(t, (_talker(t),), '/**/talker:\\n  ros__parameters:\\n    rate_hz: 5.0\\n')))")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(TEST_DIR), str(tmp_path)], env=_env())
+    pids = tmp_path / "talker.pids"
+    deadline = time.monotonic() + 30
+    while not pids.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(20) == 0
+    assert not _alive(int(pids.read_text().split()[0]))
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("/**/talker:\n  ros__parameters:\n    rate_hx: 5.0\n", "unknown parameter 'rate_hx' (did you mean 'rate_hz'?)"),
+    ("/**/talker:\n  ros__parameters:\n    rate_hz: fast\n", "rate_hz: expected float"),
+    ("/**/talker:\n  ros__parameters:\n    rate_hz: 500.0\n", "outside [1.0, 100.0]"),
+    ("talker:\n  ros__parameters:\n    rate_hz: 5.0\n", "selects no node"),
+    ("/**/talker: [1, 2\n", "not valid YAML"),
+])
+def test_bad_params_file_names_file_key_and_problem(tmp_path, content, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(InputError) as info:
+        validate_params_file(path, {"/segloc_test/talker": talker.PARAMS})
+    assert str(path) in str(info.value) and fragment in str(info.value)
+
+
+def test_shipped_params_match_declared_parameters():
+    graph = localize_graph({})
+    for path in graph.params_files:
+        validate_params_file(path, graph.declared())
+    assert {n.name for n in graph.nodes} == {"segmentation_node", "retrieval_node", "refiner_node"}
+    graph = localize_graph({"map": "/x.segmap", "tracking": "false", "namespace": "robot1"})
+    refiner = next(n for n in graph.nodes if n.name == "refiner_node")
+    assert refiner.parameters["map_path"] == "/x.segmap" and refiner.parameters["tracking"] is False
+    assert graph.fqn(refiner) == "/robot1/refiner_node"
+    with pytest.raises(InputError, match="tracking"):
+        localize_graph({"tracking": "maybe"})
+    with pytest.raises(InputError, match="unknown launch argument"):
+        localize_graph({"mapp": "x"})
+    assert ParamSpec("x", 1.0, "").parse("2") == 2.0
