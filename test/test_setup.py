@@ -1,0 +1,52 @@
+"""The two-command set-up delivered what everything else relies on: ROS 2 from wheels, the
+interface packages built into the venv, and the `segloc` CLI with meaningful exit codes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+
+def test_ros_and_interfaces_import():
+    out = subprocess.run([sys.executable, "-c", "import rclpy, tf2_msgs.msg, segloc_msgs.msg, "
+                          "segloc_msgs.srv; print('ok')"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_tf2_msgs_has_the_distribution_type_hash():
+    """Our tf2_msgs (built only where none exists) must interoperate with a real ROS 2 graph."""
+    import tf2_msgs
+    from rosbags.typesys import Stores, get_typestore
+
+    share = Path(tf2_msgs.__file__).resolve().parents[4] / "share" / "tf2_msgs" / "msg"
+    description = json.loads((share / "TFMessage.json").read_text())
+    ours = description["type_hashes"][0]["hash_string"]
+    assert ours == get_typestore(Stores.ROS2_KILTED).hash_rihs01("tf2_msgs/msg/TFMessage")
+
+
+def _segloc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "segloc_ros.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_help_lists_commands_and_exit_codes():
+    out = _segloc("--help")
+    assert out.returncode == 0
+    for command in ("world", "train", "map", "eval", "bench", "launch"):
+        assert command in out.stdout
+    assert "Exit codes" in out.stdout
+
+
+@pytest.mark.parametrize("args, code", [
+    ((), 2), (("no-such-command",), 2), (("launch", "--dry-run", "tracking:=maybe"), 4),
+    (("launch", "--dry-run", "map:=/tmp/x.segmap"), 0),
+])
+def test_cli_exit_codes(args, code):
+    out = _segloc(*args)
+    assert out.returncode == code, out.stderr
+    if code == 4:
+        assert out.stderr.startswith("segloc: error:")
+
