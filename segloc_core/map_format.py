@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from segloc_core.descriptor import Whitening
 from segloc_core.errors import InputError
 
 if TYPE_CHECKING:
@@ -193,8 +194,7 @@ class LabeledMap:
     visibility: Visibility
     images: DatabaseImages
     cameras: Cameras
-    whitening_mean: np.ndarray  # (D_raw,) float32, subtracted from a raw descriptor
-    whitening_projection: np.ndarray  # (D_raw, D) float32, applied after the mean
+    whitening: Whitening  # fitted on the raw database descriptors; queries use the same one
 
     def __len__(self) -> int:
         return len(self.position_codes)
@@ -243,8 +243,7 @@ def decode_positions(codes: np.ndarray) -> np.ndarray:
 
 def assemble_map(meta: MapMetadata, xyz: np.ndarray, labels: np.ndarray, confidence: np.ndarray,
                  point_index: np.ndarray, image_index: np.ndarray, images: DatabaseImages,
-                 cameras: Cameras, whitening_mean: np.ndarray, whitening_projection: np.ndarray,
-                 position_step_m: float | None = None) -> LabeledMap:
+                 cameras: Cameras, whitening: Whitening, position_step_m: float | None = None) -> LabeledMap:
     """Quantize, order and pack points and observations into a LabeledMap.
 
     `point_index`/`image_index` list the observations (point i seen by database image j); points
@@ -278,8 +277,7 @@ def assemble_map(meta: MapMetadata, xyz: np.ndarray, labels: np.ndarray, confide
         confidence_u8=np.clip(np.rint(np.asarray(confidence, np.float64)[order] * 255), 0, 255).astype(np.uint8),
         n_observations=np.minimum(n_obs, 255).astype(np.uint8),
         visibility=vis, images=images, cameras=cameras,
-        whitening_mean=np.asarray(whitening_mean, np.float32),
-        whitening_projection=np.asarray(whitening_projection, np.float32))
+        whitening=Whitening(np.asarray(whitening.mean, np.float32), np.asarray(whitening.projection, np.float32)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +314,7 @@ def _arrays(m: LabeledMap) -> dict[str, np.ndarray]:
         "image_q_cam_world_xyzw": im.q_cam_world_xyzw, "image_t_cam_world_m": im.t_cam_world_m,
         "image_camera_index": im.camera_index, "image_descriptors": im.descriptors,
         "camera_size_px": c.size_px, "camera_params": c.params,
-        "whitening_mean": m.whitening_mean, "whitening_projection": m.whitening_projection,
+        "whitening_mean": m.whitening.mean, "whitening_projection": m.whitening.projection,
     }
 
 
@@ -441,7 +439,7 @@ def _from_arrays(meta: dict, a: dict[str, np.ndarray], path: Path) -> LabeledMap
         images=DatabaseImages(names, a["image_q_cam_world_xyzw"], a["image_t_cam_world_m"],
                               a["image_camera_index"], a["image_descriptors"]),
         cameras=Cameras(models, a["camera_size_px"], a["camera_params"]),
-        whitening_mean=a["whitening_mean"], whitening_projection=a["whitening_projection"])
+        whitening=Whitening(a["whitening_mean"], a["whitening_projection"]))
     problem = validate_map(m)
     if problem:
         raise _refuse(path, "corrupt", problem)
@@ -470,8 +468,8 @@ def validate_map(m: LabeledMap) -> str | None:
         (len(m.cameras.models) == len(m.cameras.size_px) == len(m.cameras.params)
          and (n_img == 0 or int(m.images.camera_index.max()) < len(m.cameras.models)),
          "camera table and camera indices disagree"),
-        (m.whitening_projection.ndim == 2 and m.whitening_projection.shape[0] == len(m.whitening_mean)
-         and m.whitening_projection.shape[1] == m.images.descriptors.shape[1],
+        (m.whitening.projection.ndim == 2 and m.whitening.projection.shape[0] == len(m.whitening.mean)
+         and m.whitening.projection.shape[1] == m.images.descriptors.shape[1],
          "whitening parameters do not match the descriptor dimensions"),
     ]
     return next((why for ok, why in checks if not ok), None)

@@ -120,11 +120,10 @@ class Retriever:
     def whiten(self, raw_descriptor: np.ndarray) -> np.ndarray:
         """Raw GPO descriptor (D_raw,) -> whitened, L2-normalized (D,) float32."""
         raw = np.asarray(raw_descriptor, np.float32).reshape(-1)
-        if raw.shape != self.map.whitening_mean.shape:
+        if raw.shape != self.map.whitening.mean.shape:
             raise InputError(f"descriptor has {raw.size} dimensions, the map's model "
-                             f"{self.map.whitening_mean.size} (model {self.map.meta.model_hash})")
-        w = (raw - self.map.whitening_mean) @ self.map.whitening_projection
-        return w / max(float(np.linalg.norm(w)), 1e-12)
+                             f"{self.map.whitening.mean.size} (model {self.map.meta.model_hash})")
+        return self.map.whitening.apply(raw)
 
     def query(self, raw_descriptor: np.ndarray, k: int | None = None) -> RetrievalResult:
         scores, ids = self.index.search(self.whiten(raw_descriptor), k or self.config.top_k)

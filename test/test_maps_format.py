@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 
+from segloc_core.descriptor import Whitening
 from segloc_core.errors import InputError
 from segloc_core.map_format import (FORMAT_NAME, MAGIC, Cameras, DatabaseImages, MapMetadata,
                                     Visibility, assemble_map, load_map, save_map, serialize_map,
@@ -37,7 +38,7 @@ def synthetic_map(n_points: int = 5000, n_images: int = 40, K: int = 100, seed: 
     meta = MapMetadata(K=K, model_hash="test", source="synthetic")
     m = assemble_map(meta, xyz, rng.integers(0, K, n_points), rng.uniform(0.3, 1, n_points),
                      np.concatenate(obs_p), np.concatenate(obs_i), images, cameras,
-                     np.zeros(128, np.float32), rng.standard_normal((128, 64)).astype(np.float32))
+                     Whitening(np.zeros(128, np.float32), rng.standard_normal((128, 64)).astype(np.float32)))
     return m, xyz, (np.concatenate(obs_p), np.concatenate(obs_i))
 
 

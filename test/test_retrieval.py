@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from segloc_core.descriptor import Whitening
 from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
 from segloc_core.map_format import Cameras, DatabaseImages, MapMetadata, assemble_map
@@ -39,7 +40,7 @@ def corridor_map(n_images: int = 30, n_points: int = 3000, seed: int = 0):
     m = assemble_map(MapMetadata(K=20, model_hash="t", source="test"), xyz, rng.integers(0, 20, n_points),
                      rng.uniform(0, 1, n_points), np.concatenate(obs_p), np.concatenate(obs_i), images,
                      Cameras(("PINHOLE",), np.array([[320, 240]], np.uint32), params),
-                     np.zeros(D, np.float32), np.eye(D, dtype=np.float32))
+                     Whitening(np.zeros(D, np.float32), np.eye(D, dtype=np.float32)))
     return m, poses
 
 
