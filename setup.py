@@ -27,6 +27,9 @@ setup(
     entry_points={
         "console_scripts": [
             "segloc = segloc_ros.cli:main",
+            "segmentation_node = segloc_ros.nodes.segmentation_node:main",
+            "retrieval_node = segloc_ros.nodes.retrieval_node:main",
+            "refiner_node = segloc_ros.nodes.refiner_node:main",
         ],
     },
 )

@@ -1,0 +1,170 @@
+"""Per-frame localization against a labeled map: prior -> label-consistency refinement -> gate,
+with the tracking state machine (SegLoc's PR; the retrieval prior alone is PA).
+
+Both the refiner node and the ROS-free `segloc localize` / `segloc eval` drive this one class, so
+a bag replay and an image-folder evaluation run the same decisions:
+- a prior comes from retrieval (`retrieval.Retriever.prior`), from an operator (/initialpose), or,
+  while tracking, from the last accepted pose moved by odometry; for the last two the points to
+  align are those seen by the database images nearest the predicted camera (`points_near`);
+- a refined pose is accepted only if it converged, its label consistency reaches
+  `min_consistency` and its position standard deviation stays under `max_position_std_m`;
+- states: uninitialized -> localized (fix from a global prior) -> tracking (fix from a propagated
+  prior) -> lost (a rejected fix, or too long without one); lost and uninitialized need a global
+  prior again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Sequence
+
+import numpy as np
+
+from segloc_core.geometry import Pose
+from segloc_core.map_format import LabeledMap
+from segloc_core.refine import LabeledPoints, LevelInput, RefineConfig, RefineResult, refine
+
+
+class State(Enum):
+    UNINITIALIZED = 0
+    LOCALIZED = 1
+    TRACKING = 2
+    LOST = 3
+
+
+class PriorSource(Enum):
+    RETRIEVAL = "retrieval"
+    TRACKING = "tracking"
+    INITIALPOSE = "initialpose"
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """Gates and tracking settings (units in names)."""
+
+    min_consistency: float = 0.35
+    max_position_std_m: float = 2.0
+    max_points: int = 5000
+    tracking: bool = True
+    near_images: int = 5            # database images whose points a propagated prior aligns
+    near_max_angle_deg: float = 60.0  # ... among those looking within this angle of the prior
+    refine: RefineConfig = field(default_factory=RefineConfig)
+
+
+@dataclass(frozen=True)
+class Fix:
+    """Outcome of one frame. `T_cam_world` is the refined pose even when rejected (for logs)."""
+
+    T_cam_world: Pose
+    covariance: np.ndarray      # (6,6), see RefineResult.covariance
+    consistency: float
+    num_points: int
+    accepted: bool
+    reason: str                 # why rejected; "" when accepted
+    source: PriorSource
+    T_cam_world_prior: Pose
+    state: State                # state after this frame
+
+    @property
+    def position_std_m(self) -> float:
+        cov = self.covariance[:3, :3]
+        return float(np.sqrt(np.max(np.linalg.eigvalsh(cov)))) if np.all(np.isfinite(cov)) else np.inf
+
+    @property
+    def rotation_std_rad(self) -> float:
+        cov = self.covariance[3:, 3:]
+        return float(np.sqrt(np.max(np.linalg.eigvalsh(cov)))) if np.all(np.isfinite(cov)) else np.inf
+
+
+class Localizer:
+    """Tracking state machine around `refine` for one map (see module docstring)."""
+
+    def __init__(self, labeled_map: LabeledMap, config: LocalizerConfig = LocalizerConfig()):
+        self.map = labeled_map
+        self.config = config
+        self.state = State.UNINITIALIZED
+        self.last: Fix | None = None
+        # decoded once: the map stores quantized positions and quaternions
+        self._xyz = labeled_map.xyz
+        self._labels = labeled_map.labels.astype(np.int64)
+        self._confidence = labeled_map.confidence
+        images = labeled_map.images
+        self._db_R = np.stack([images.T_cam_world(i).R for i in range(len(images))])
+        self._db_centres = -np.einsum("nji,nj->ni", self._db_R, images.t_cam_world_m)
+
+    def needs_global_prior(self) -> bool:
+        """True unless tracking can propagate the last fix."""
+        return not (self.config.tracking and self.state in (State.LOCALIZED, State.TRACKING))
+
+    def reset(self) -> None:
+        """Forget the track (operator request or relocalization service)."""
+        if self.state != State.UNINITIALIZED:
+            self.state = State.LOST
+
+    def points_near(self, T_cam_world: Pose) -> np.ndarray:
+        """Point ids seen by the `near_images` database images nearest the camera, among those whose
+        optical axis is within `near_max_angle_deg` of its own."""
+        axis = T_cam_world.R[2]
+        dist = np.linalg.norm(self._db_centres - T_cam_world.center(), axis=1)
+        dist[self._db_R[:, 2] @ axis < np.cos(np.radians(self.config.near_max_angle_deg))] = np.inf
+        nearest = np.argsort(dist)[: self.config.near_images]
+        nearest = nearest[np.isfinite(dist[nearest])]
+        return self.map.points_of_images(nearest)
+
+    def labeled_points(self, point_ids: np.ndarray) -> LabeledPoints:
+        """The `max_points` most confident of `point_ids` as refiner input."""
+        ids = np.asarray(point_ids, np.int64)
+        ids = ids[np.argsort(-self.map.confidence_u8[ids], kind="stable")][: self.config.max_points]
+        return LabeledPoints(self._xyz[ids], self._labels[ids], self._confidence[ids])
+
+    def localize(self, levels: Sequence[LevelInput], T_cam_world_prior: Pose, source: PriorSource,
+                 image_ids: np.ndarray | None = None) -> Fix:
+        """Refine from a prior, gate the result and advance the state.
+
+        The points aligned are those seen by `image_ids` (retrieval's top-k), or with None those
+        seen by the database images nearest the prior (propagated or operator priors).
+        """
+        point_ids = self.points_near(T_cam_world_prior) if image_ids is None \
+            else self.map.points_of_images(np.asarray(image_ids, np.int64))
+        points = self.labeled_points(point_ids)
+        if len(points.xyz) == 0:
+            return self._finish(None, T_cam_world_prior, source, "no map points near the prior")
+        result = refine(levels, points, T_cam_world_prior, self.config.refine)
+        return self._finish(result, T_cam_world_prior, source, self._rejection(result))
+
+    def _rejection(self, result: RefineResult) -> str:
+        if not result.converged:
+            return f"refinement failed: {result.failure}"
+        if result.consistency < self.config.min_consistency:
+            return (f"label consistency {result.consistency:.2f} < "
+                    f"min_consistency {self.config.min_consistency:.2f}")
+        std = np.sqrt(np.max(np.linalg.eigvalsh(result.covariance[:3, :3]))) \
+            if np.all(np.isfinite(result.covariance)) else np.inf
+        if not std <= self.config.max_position_std_m:
+            return f"position std {std:.2f} m > max_position_std_m {self.config.max_position_std_m}"
+        return ""
+
+    def _finish(self, result: RefineResult | None, prior: Pose, source: PriorSource,
+                reason: str) -> Fix:
+        accepted = result is not None and reason == ""
+        if accepted:
+            self.state = State.TRACKING if source == PriorSource.TRACKING else State.LOCALIZED
+        elif self.state != State.UNINITIALIZED or source != PriorSource.RETRIEVAL:
+            self.state = State.LOST
+        fix = Fix(T_cam_world=result.T_cam_world if result is not None else prior,
+                  covariance=result.covariance if result is not None else np.full((6, 6), np.inf),
+                  consistency=result.consistency if result is not None else 0.0,
+                  num_points=result.num_valid if result is not None else 0,
+                  accepted=accepted, reason=reason, source=source, T_cam_world_prior=prior,
+                  state=self.state)
+        if accepted:
+            self.last = fix
+        return fix
+
+    def propagate(self, T_camprev_camnew: Pose | None) -> Pose:
+        """Prior for the next frame: the last accepted pose moved by the camera's odometry motion
+        (identity motion when there is no odometry)."""
+        assert self.last is not None, "propagate() needs an accepted fix first"
+        motion = T_camprev_camnew or Pose.identity()
+        return (self.last.T_cam_world.inv() @ motion).inv()

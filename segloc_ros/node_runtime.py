@@ -1,0 +1,155 @@
+"""What every segloc node does around its own logic: ROS start-up and shutdown, a latest-wins
+work slot (so a slow stage drops old frames instead of queueing them without bound), frame
+statistics, and /diagnostics."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from typing import Callable, Generic, TypeVar
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+from segloc_core.errors import SeglocError
+
+T = TypeVar("T")
+
+
+class LatestSlot(Generic[T]):
+    """One pending item; putting a new one replaces (drops) the old. A worker thread takes them."""
+
+    def __init__(self) -> None:
+        self._item: T | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, item: T) -> None:
+        with self._cond:
+            if self._item is not None:
+                self.dropped += 1
+            self._item = item
+            self._cond.notify()
+
+    def take(self, timeout_s: float = 0.2) -> T | None:
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout_s)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class FrameStats:
+    """Counts and latencies of one node's frames, published as a DiagnosticStatus."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.received = self.processed = self.skipped = 0
+        self.last_skip_reason = ""
+        self._latency_ms: deque[float] = deque(maxlen=200)
+        self._done_at: deque[float] = deque(maxlen=200)
+        self._lock = threading.Lock()
+
+    def done(self, latency_ms: float) -> None:
+        with self._lock:
+            self.processed += 1
+            self._latency_ms.append(latency_ms)
+            self._done_at.append(time.monotonic())
+
+    def skip(self, reason: str) -> None:
+        with self._lock:
+            self.skipped += 1
+            self.last_skip_reason = reason
+
+    def status(self, dropped: int, extra: dict[str, str] | None = None) -> DiagnosticStatus:
+        with self._lock:
+            lat = np.array(self._latency_ms) if self._latency_ms else np.zeros(1)
+            span = self._done_at[-1] - self._done_at[0] if len(self._done_at) > 1 else 0.0
+            rate = (len(self._done_at) - 1) / span if span > 0 else 0.0
+            values = {"received": self.received, "processed": self.processed,
+                      "dropped (latest wins)": dropped, "skipped (bad input)": self.skipped,
+                      "last skip reason": self.last_skip_reason or "-",
+                      "rate_hz": f"{rate:.2f}", "latency_p50_ms": f"{np.percentile(lat, 50):.1f}",
+                      "latency_p95_ms": f"{np.percentile(lat, 95):.1f}", **(extra or {})}
+            level = DiagnosticStatus.WARN if self.skipped and self.last_skip_reason else \
+                DiagnosticStatus.OK
+        return DiagnosticStatus(level=level, name=self.name, hardware_id="segloc",
+                                message=self.last_skip_reason or "ok",
+                                values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+
+def start_diagnostics(node: Node, stats: FrameStats, slot: LatestSlot | None,
+                      extra: Callable[[], dict[str, str]] | None = None, period_s: float = 1.0):
+    """Publish `stats` on /diagnostics once per `period_s`."""
+    pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def tick() -> None:
+        status = stats.status(slot.dropped if slot else 0, extra() if extra else None)
+        pub.publish(DiagnosticArray(header=_header(node), status=[status]))
+
+    return node.create_timer(period_s, tick)
+
+
+def _header(node: Node):
+    from std_msgs.msg import Header
+
+    return Header(stamp=node.get_clock().now().to_msg())
+
+
+def run_worker(slot: LatestSlot[T], handle: Callable[[T], None], node: Node) -> threading.Thread:
+    """Thread that takes items from `slot` and handles them until the slot is closed; an
+    unexpected exception is logged and the frame skipped, so the node keeps running."""
+
+    def loop() -> None:
+        while not slot.closed:
+            item = slot.take()
+            if item is None:
+                continue
+            try:
+                handle(item)
+            except Exception as exc:  # noqa: BLE001 - a node must survive any single frame
+                node.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=loop, daemon=True, name=f"{node.get_name()}_worker")
+    thread.start()
+    return thread
+
+
+def spin_node(factory: Callable[[], Node]) -> int:
+    """rclpy init, build the node, spin until SIGINT/SIGTERM; exit code 0, or 4 when the node
+    cannot start (missing map or model: the log says which and why)."""
+    rclpy.init(args=sys.argv)
+    node = None
+    try:
+        node = factory()
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except SeglocError as exc:
+        (node.get_logger() if node else rclpy.logging.get_logger("segloc")).fatal(str(exc))
+        return exc.exit_code
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close:
+                close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,1 @@
+"""The segloc nodes: segmentation -> retrieval -> refiner (see segloc_ros.graph)."""

@@ -1,0 +1,84 @@
+"""retrieval_node: GlobalDescriptor -> segloc_msgs/PosePrior (top-k database images, prior pose).
+
+Retrieval answers on start, while the refiner is not tracking (its status says so), and when
+relocalization is requested through the `relocalize` service; while the refiner tracks, frames are
+left to its odometry-propagated priors and retrieval skips them (counted in diagnostics).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from rclpy.node import Node
+from segloc_msgs.msg import GlobalDescriptor, LocalizationStatus, PosePrior
+from segloc_msgs.srv import Relocalize
+
+from segloc_core.errors import InputError
+from segloc_core.map_format import load_map
+from segloc_core.paths import map_path
+from segloc_core.retrieval import RetrievalConfig, Retriever
+from segloc_ros.node_runtime import FrameStats, spin_node, start_diagnostics
+from segloc_ros.params import NODE_PARAMS, declare
+from segloc_ros.pose_msgs import to_pose_with_covariance
+
+
+class RetrievalNode(Node):
+    def __init__(self) -> None:
+        super().__init__("retrieval_node")
+        self.p = declare(self, NODE_PARAMS["retrieval_node"])
+        path = Path(self.p["map_path"]) if self.p["map_path"] else map_path()
+        self.map = load_map(path)
+        self.retriever = Retriever(self.map, RetrievalConfig(top_k=self.p["top_k"],
+                                                             prior_mode=self.p["prior_mode"]))
+        self.get_logger().info(f"map {path}: {len(self.map.images)} database images, "
+                               f"index {self.retriever.index.kind}")
+        self.tracking = False
+        self.force = False
+        self.skipped_tracking = 0
+        self.stats = FrameStats("segloc: retrieval_node")
+        self.pub = self.create_publisher(PosePrior, "prior", 10)
+        self.create_subscription(GlobalDescriptor, "descriptor", self.on_descriptor, 10)
+        self.create_subscription(LocalizationStatus, "status", self.on_status, 10)
+        self.create_service(Relocalize, "relocalize", self.on_relocalize)
+        start_diagnostics(self, self.stats, None,
+                          lambda: {"skipped while tracking": str(self.skipped_tracking)})
+
+    def on_status(self, msg: LocalizationStatus) -> None:
+        self.tracking = msg.state == LocalizationStatus.STATE_TRACKING
+
+    def on_relocalize(self, _request, response):
+        self.force = True
+        response.accepted, response.message = True, "global relocalization on the next frame"
+        self.get_logger().info("relocalization requested")
+        return response
+
+    def on_descriptor(self, msg: GlobalDescriptor) -> None:
+        self.stats.received += 1
+        if self.tracking and not self.force:
+            self.skipped_tracking += 1
+            return
+        start = time.monotonic()
+        try:
+            prior = self.retriever.prior(np.frombuffer(msg.data, np.float32))
+        except InputError as exc:
+            self.stats.skip(str(exc))
+            self.get_logger().warning(f"skipping descriptor: {exc}", throttle_duration_sec=5.0)
+            return
+        out = PosePrior(header=msg.header, source=PosePrior.SOURCE_RETRIEVAL, forced=self.force,
+                        image_ids=prior.retrieved.image_ids.astype(np.uint32).tolist(),
+                        scores=prior.retrieved.scores.astype(np.float32).tolist())
+        out.header.frame_id = self.map.meta.frame_id
+        out.pose = to_pose_with_covariance(prior.T_cam_world.inv(), prior.covariance)
+        self.force = False
+        self.pub.publish(out)
+        self.stats.done((time.monotonic() - start) * 1e3)
+
+
+def main() -> int:
+    return spin_node(RetrievalNode)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""segmentation_node: camera Image + CameraInfo -> segloc_msgs/Segmentation and GlobalDescriptor.
+
+Subscribes with sensor-data QoS and pairs each image with the CameraInfo of the same stamp (within
+`sync_tolerance_s`). Inference runs in a worker thread behind a latest-wins slot: when the network
+is busy, an older waiting frame is dropped (counted), never queued. Bad frames (unknown encoding,
+sizes that do not add up, no CameraInfo, stamps going backwards) are skipped with a throttled
+warning that says why, and the node keeps running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from segloc_msgs.msg import GlobalDescriptor, Segmentation
+from sensor_msgs.msg import CameraInfo, Image
+
+from segloc_core.errors import InputError
+from segloc_core.infer import load_segmenter
+from segloc_ros.image_conversion import camera_info_to_camera, image_to_rgb8
+from segloc_ros.node_runtime import FrameStats, LatestSlot, run_worker, spin_node, start_diagnostics
+from segloc_ros.params import NODE_PARAMS, declare
+from segloc_ros.segmentation_msg import pack_segmentation
+from segloc_ros.tf import stamp_to_ns
+
+THROTTLE_S = 5.0
+
+
+@dataclass(frozen=True)
+class _Frame:
+    image: Image
+    info: CameraInfo
+    received_ns: int
+
+
+class SegmentationNode(Node):
+    def __init__(self) -> None:
+        super().__init__("segmentation_node")
+        self.p = declare(self, NODE_PARAMS["segmentation_node"])
+        self.segmenter = load_segmenter(self.p["model_path"] or None, backend=self.p["backend"],
+                                        threads=self.p["threads"])
+        self.get_logger().info(f"model {self.segmenter.model_hash} (K={self.segmenter.K}) on "
+                               f"{self.segmenter.backend}")
+        self._infos: deque[CameraInfo] = deque(maxlen=30)
+        self._pending: Image | None = None   # image waiting for its CameraInfo
+        self._last_stamp_ns = -1
+        self.stats = FrameStats("segloc: segmentation_node")
+        self.slot: LatestSlot[_Frame] = LatestSlot()
+        self.pub_seg = self.create_publisher(Segmentation, "segmentation", 2)
+        self.pub_desc = self.create_publisher(GlobalDescriptor, "descriptor", 10)
+        self.create_subscription(Image, self.p["image_topic"], self.on_image, qos_profile_sensor_data)
+        self.create_subscription(CameraInfo, self.p["camera_info_topic"], self.on_info,
+                                 qos_profile_sensor_data)
+        start_diagnostics(self, self.stats, self.slot)
+        self._worker = run_worker(self.slot, self.process, self)
+
+    # -- pairing (executor thread) ----------------------------------------------------------------
+    def _skip(self, reason: str) -> None:
+        self.stats.skip(reason)
+        self.get_logger().warning(f"skipping frame: {reason}", throttle_duration_sec=THROTTLE_S)
+
+    def _match(self, image: Image) -> CameraInfo | None:
+        stamp = stamp_to_ns(image.header.stamp)
+        tolerance = int(self.p["sync_tolerance_s"] * 1e9)
+        best = min(self._infos, key=lambda i: abs(stamp_to_ns(i.header.stamp) - stamp), default=None)
+        if best is not None and abs(stamp_to_ns(best.header.stamp) - stamp) <= tolerance:
+            return best
+        return None
+
+    def on_image(self, image: Image) -> None:
+        self.stats.received += 1
+        stamp = stamp_to_ns(image.header.stamp)
+        if stamp <= self._last_stamp_ns:
+            self._skip(f"image stamp {stamp * 1e-9:.3f} s is not after the last one "
+                       f"({self._last_stamp_ns * 1e-9:.3f} s): out of order or repeated")
+            return
+        info = self._match(image)
+        if info is None:
+            if self._pending is not None:
+                self._skip(f"no CameraInfo on {self.p['camera_info_topic']} within "
+                           f"{self.p['sync_tolerance_s']} s of the image stamp")
+            self._pending = image
+            return
+        self._submit(image, info)
+
+    def on_info(self, info: CameraInfo) -> None:
+        self._infos.append(info)
+        if self._pending is not None and self._match(self._pending) is not None:
+            image, self._pending = self._pending, None
+            self._submit(image, self._match(image))
+
+    def _submit(self, image: Image, info: CameraInfo) -> None:
+        self._last_stamp_ns = stamp_to_ns(image.header.stamp)
+        self.slot.put(_Frame(image, info, time.monotonic_ns()))
+
+    # -- inference (worker thread) ----------------------------------------------------------------
+    def process(self, frame: _Frame) -> None:
+        try:
+            rgb = image_to_rgb8(frame.image)
+            camera = camera_info_to_camera(frame.info)
+            if (camera.width, camera.height) != (rgb.shape[1], rgb.shape[0]):
+                raise InputError(f"CameraInfo is {camera.width}x{camera.height} but the image is "
+                                 f"{rgb.shape[1]}x{rgb.shape[0]}")
+            result = self.segmenter.segment(rgb)
+        except InputError as exc:
+            self._skip(str(exc))
+            return
+        seg, desc = pack_segmentation(frame.image.header, frame.info, result,
+                                      self.p["map_encoding"], self.p["top_n"])
+        self.pub_desc.publish(desc)
+        self.pub_seg.publish(seg)
+        self.stats.done((time.monotonic_ns() - frame.received_ns) * 1e-6)
+
+    def close(self) -> None:
+        self.slot.close()
+        self._worker.join(timeout=5.0)
+
+
+def main() -> int:
+    return spin_node(SegmentationNode)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
