@@ -1,0 +1,123 @@
+"""`segloc map`: build, import and inspect labeled maps.
+
+The map type and its file format live in `map_format`, building (world, voting, descriptors) in
+`map_build`, COLMAP / kapture / SfM geometry in `map_colmap`; this module is the entry point that
+ties them to the segmentation model and the command line, and re-exports the map's public names.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from segloc_core.errors import InputError
+from segloc_core.map_build import BuildConfig, MapGeometry, label_and_describe
+from segloc_core.map_format import LabeledMap, MapSizeReport, load_map, save_map, size_report
+
+__all__ = ["LabeledMap", "load_map", "save_map", "size_report", "MapSizeReport", "BuildConfig",
+           "MapSource", "build_map", "configure_cli"]
+
+SOURCES = ("world", "colmap", "kapture", "images")
+
+
+@dataclass(frozen=True)
+class MapSource:
+    """Where the geometry comes from.
+
+    world: `path` is a rendered world folder; colmap: `path` is a COLMAP model folder (text or
+    binary) and `image_dir` its images; kapture: `path` is a kapture folder (posed images under
+    sensors/records_data); images: `path` is a folder of images (SfM).
+    """
+
+    kind: str
+    path: Path
+    image_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCES:
+            raise InputError(f"map source must be one of {SOURCES}, got {self.kind!r}")
+        if not Path(self.path).exists():
+            raise InputError(f"{self.path}: map source ({self.kind}) does not exist")
+
+
+def source_geometry(source: MapSource, config: BuildConfig = BuildConfig(), progress: bool = True) -> MapGeometry:
+    from segloc_core import map_colmap
+
+    if source.kind == "world":
+        from segloc_core.map_build import world_geometry
+
+        return world_geometry(Path(source.path), config, progress=progress)
+    if source.kind == "colmap":
+        image_dir = source.image_dir or Path(source.path).parent / "images"
+        return map_colmap.colmap_geometry(Path(source.path), Path(image_dir))
+    if source.kind == "kapture":
+        return map_colmap.kapture_geometry(Path(source.path))
+    return map_colmap.sfm_geometry(Path(source.path))
+
+
+def build_map(source: MapSource, out: Path, model_path: Path | None = None,
+              config: BuildConfig = BuildConfig(), progress: bool = True) -> LabeledMap:
+    """Geometry from `source`, labels and descriptors from the model, written to `out`."""
+    from segloc_core.infer import load_segmenter
+
+    segmenter = load_segmenter(model_path)
+    labeled = label_and_describe(source_geometry(source, config, progress), segmenter, config, progress)
+    save_map(labeled, out)
+    return labeled
+
+
+def _cli_info(args: argparse.Namespace) -> int:
+    report = size_report(Path(args.map))
+    m = load_map(Path(args.map))
+    print(f"map               {args.map}")
+    print(f"source            {m.meta.source}")
+    print(f"model             {m.meta.model_hash}  (frame {m.meta.frame_id}, units {m.meta.units}, "
+          f"created {m.meta.created_utc})")
+    print("\n".join(report.lines()))
+    return 0
+
+
+def _cli_build(args: argparse.Namespace) -> int:
+    from segloc_core.paths import map_path, world_dir
+
+    kind = args.source
+    path = Path(args.path) if args.path else (world_dir("default") if kind == "world" else None)
+    if path is None:
+        raise InputError(f"--source {kind} needs a path")
+    out = Path(args.out) if args.out else map_path("default" if kind == "world" and not args.path else path.name)
+    config = BuildConfig(min_agreement=args.min_agreement, whitening_dim=args.whitening_dim,
+                         voxel_m=args.voxel, pixel_stride=args.pixel_stride, frame_stride=args.frame_stride)
+    m = build_map(MapSource(kind, path, Path(args.images) if args.images else None), out,
+                  Path(args.model) if args.model else None, config)
+    report = size_report(out)
+    print(f"wrote {out}: {len(m)} points, {len(m.images)} images, {report.bytes_per_point:.2f} bytes/point")
+    return 0
+
+
+def _add_build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--out", help="output map (default: $SEGLOC_HOME/maps/<name>.segmap)")
+    p.add_argument("--model", help="segmentation model (default: the shipped one)")
+    p.add_argument("--images", help="image folder of a COLMAP model (default: <model>/../images)")
+    p.add_argument("--min-agreement", type=float, default=BuildConfig.min_agreement,
+                   help="drop points whose label got a smaller share of their observations' votes")
+    p.add_argument("--whitening-dim", type=int, default=BuildConfig.whitening_dim)
+    p.add_argument("--voxel", type=float, default=BuildConfig.voxel_m, help="world: dedup voxel, metres")
+    p.add_argument("--pixel-stride", type=int, default=BuildConfig.pixel_stride, help="world: depth subsampling")
+    p.add_argument("--frame-stride", type=int, default=BuildConfig.frame_stride, help="world: every n-th frame")
+
+
+def configure_cli(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="map_command", metavar="ACTION", required=True)
+    info = sub.add_parser("info", help="size and content of a map, against SIFT storage")
+    info.add_argument("map")
+    info.set_defaults(func=_cli_info)
+    build = sub.add_parser("build", help="build a labeled map (default: the default world, shipped model)")
+    build.add_argument("--source", choices=SOURCES, default="world")
+    build.add_argument("path", nargs="?", help="world folder, COLMAP model, kapture folder or image folder")
+    _add_build_options(build)
+    build.set_defaults(func=_cli_build)
+    imp = sub.add_parser("import", help="label an existing COLMAP model (text or binary)")
+    imp.add_argument("path", help="COLMAP model folder")
+    _add_build_options(imp)
+    imp.set_defaults(func=_cli_build, source="colmap")
