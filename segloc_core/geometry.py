@@ -46,6 +46,15 @@ def _so3_left_jacobian(omega: np.ndarray) -> np.ndarray:
     return np.eye(3) + a * W + b * (W @ W)
 
 
+def _rodrigues(omega: np.ndarray) -> np.ndarray:
+    """Rotation matrix of a rotation vector (cheaper than scipy for one small vector in a loop)."""
+    theta = float(np.linalg.norm(omega))
+    W = skew(omega)
+    if theta < 1e-5:
+        return np.eye(3) + W + 0.5 * (W @ W)
+    return np.eye(3) + (np.sin(theta) / theta) * W + ((1.0 - np.cos(theta)) / theta**2) * (W @ W)
+
+
 def _as_rotation_matrix(R: np.ndarray) -> np.ndarray:
     R = np.asarray(R, dtype=np.float64)
     if R.shape != (3, 3):
@@ -98,7 +107,7 @@ class Pose:
         if xi.shape != (6,):
             raise InputError(f"twist must have 6 elements [rho, omega], got shape {xi.shape}")
         rho, omega = xi[:3], xi[3:]
-        return cls(Rotation.from_rotvec(omega).as_matrix(), _so3_left_jacobian(omega) @ rho)
+        return cls(_rodrigues(omega), _so3_left_jacobian(omega) @ rho)
 
     # conversion ---------------------------------------------------------------------------------
     def matrix(self) -> np.ndarray:
@@ -292,37 +301,37 @@ class Camera:
         return self.scaled(width / self.width, height / self.height)
 
     # distortion on normalized coordinates ---------------------------------------------------------
-    def _distort(self, xy: np.ndarray, with_jacobian: bool = False):
-        """Normalized (N,2) -> distorted normalized (N,2) [and d distorted / d xy (N,2,2)]."""
+    def _distort(self, x: np.ndarray, y: np.ndarray, with_jacobian: bool = False):
+        """Normalized -> distorted normalized (xd, yd) [and d(xd, yd)/d(x, y) as (j00, j01, j10, j11)]."""
         k1, k2, p1, p2 = self.distortion
-        x, y = xy[:, 0], xy[:, 1]
         r2 = x * x + y * y
         radial = k1 * r2 + k2 * r2 * r2
         xd = x + x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
         yd = y + y * radial + 2 * p2 * x * y + p1 * (r2 + 2 * y * y)
-        out = np.stack([xd, yd], axis=-1)
         if not with_jacobian:
-            return out
+            return xd, yd, None
         drad = k1 + 2 * k2 * r2  # d radial / d r2
-        J = np.empty(xy.shape[:1] + (2, 2))
-        J[:, 0, 0] = 1 + radial + 2 * x * x * drad + 2 * p1 * y + 6 * p2 * x
-        J[:, 0, 1] = 2 * x * y * drad + 2 * p1 * x + 2 * p2 * y
-        J[:, 1, 0] = 2 * x * y * drad + 2 * p2 * y + 2 * p1 * x
-        J[:, 1, 1] = 1 + radial + 2 * y * y * drad + 2 * p2 * x + 6 * p1 * y
-        return out, J
+        cross = 2 * x * y * drad
+        return xd, yd, (1 + radial + 2 * x * x * drad + 2 * p1 * y + 6 * p2 * x,
+                        cross + 2 * p1 * x + 2 * p2 * y,
+                        cross + 2 * p2 * y + 2 * p1 * x,
+                        1 + radial + 2 * y * y * drad + 2 * p2 * x + 6 * p1 * y)
 
-    def _undistort(self, xyd: np.ndarray, iterations: int = 20) -> np.ndarray:
+    def _undistort(self, xd: np.ndarray, yd: np.ndarray, iterations: int = 20):
         """Invert `_distort` by Newton iterations (batched), as COLMAP's IterativeUndistortion."""
-        xy = xyd.copy()
+        x, y = xd.copy(), yd.copy()
         if self.model == "PINHOLE":
-            return xy
+            return x, y
         for _ in range(iterations):
-            f, J = self._distort(xy, with_jacobian=True)
-            step = np.linalg.solve(J, (f - xyd)[..., None])[..., 0]
-            xy -= step
-            if np.max(np.abs(step), initial=0.0) < 1e-12:
+            fx_, fy_, (a, b, c, d) = self._distort(x, y, with_jacobian=True)
+            rx, ry = fx_ - xd, fy_ - yd
+            det = a * d - b * c
+            sx, sy = (d * rx - b * ry) / det, (a * ry - c * rx) / det
+            x -= sx
+            y -= sy
+            if max(np.max(np.abs(sx), initial=0.0), np.max(np.abs(sy), initial=0.0)) < 1e-12:
                 break
-        return xy
+        return x, y
 
     # projection ---------------------------------------------------------------------------------
     def in_image(self, uv: np.ndarray, margin: float = 0.0) -> np.ndarray:
@@ -343,31 +352,43 @@ class Camera:
         p = np.asarray(p_cam, dtype=np.float64)
         if p.ndim != 2 or p.shape[1] != 3:
             raise InputError(f"points must be (N, 3), got {p.shape}")
-        z = p[:, 2]
-        front = z > MIN_DEPTH
-        zs = np.where(front, z, 1.0)
-        xy = p[:, :2] / zs[:, None]
-        (fx, fy), (cx, cy) = self.focal, self.principal_point
-        if self.model == "PINHOLE":
-            xyd, Jd = xy, None
-        else:
-            xyd, Jd = self._distort(xy, with_jacobian=True)
-        uv = np.stack([fx * xyd[:, 0] + cx, fy * xyd[:, 1] + cy], axis=-1)
+        uv_t, front, J_t = self.project_columns(np.ascontiguousarray(p.T), with_jacobian)
+        uv = uv_t.T
         with np.errstate(invalid="ignore"):
             valid = front & self.in_image(uv)
+        return uv, valid, (None if J_t is None else J_t.transpose(2, 0, 1))
+
+    def project_columns(self, p_cam_t: np.ndarray, with_jacobian: bool = True):
+        """Column layout of `project_with_jacobian` for inner loops: p_cam_t (3,N) ->
+        (uv_t (2,N), in front (N,) (image bounds NOT checked), d uv / d p_cam (2,3,N) or None)."""
+        X, Y, Z = p_cam_t
+        front = Z > MIN_DEPTH
+        inv_z = 1.0 / np.where(front, Z, 1.0)
+        x, y = X * inv_z, Y * inv_z
+        (fx, fy), (cx, cy) = self.focal, self.principal_point
+        distorted = self.model != "PINHOLE"
+        xd, yd, Jd = self._distort(x, y, with_jacobian) if distorted else (x, y, None)
+        uv = np.empty((2, len(Z)))
+        np.multiply(xd, fx, out=uv[0])
+        uv[0] += cx
+        np.multiply(yd, fy, out=uv[1])
+        uv[1] += cy
         if not with_jacobian:
-            return uv, valid, None
-        # d xy / d p = [[1/z, 0, -x/z], [0, 1/z, -y/z]]
-        inv_z = 1.0 / zs
-        Jxy = np.zeros(p.shape[:1] + (2, 3))
-        Jxy[:, 0, 0] = inv_z
-        Jxy[:, 1, 1] = inv_z
-        Jxy[:, 0, 2] = -xy[:, 0] * inv_z
-        Jxy[:, 1, 2] = -xy[:, 1] * inv_z
-        if Jd is not None:
-            Jxy = Jd @ Jxy
-        J = Jxy * np.array([fx, fy])[None, :, None]
-        return uv, valid, J
+            return uv, front, None
+        # d(x, y)/d p = [[1/z, 0, -x/z], [0, 1/z, -y/z]], then distortion, then focal
+        J = np.zeros((2, 3, len(Z)))
+        if distorted:
+            a, b, c, d = Jd
+            J[0, 0], J[0, 1], J[0, 2] = a * inv_z, b * inv_z, -(a * x + b * y) * inv_z
+            J[1, 0], J[1, 1], J[1, 2] = c * inv_z, d * inv_z, -(c * x + d * y) * inv_z
+            J[0] *= fx
+            J[1] *= fy
+        else:
+            J[0, 0] = fx * inv_z
+            J[0, 2] = -fx * x * inv_z
+            J[1, 1] = fy * inv_z
+            J[1, 2] = -fy * y * inv_z
+        return uv, front, J
 
     def unproject(self, uv: np.ndarray) -> np.ndarray:
         """Pixels (N,2) -> camera-frame points (N,3) on the z = 1 plane (multiply by z-depth)."""
@@ -375,9 +396,8 @@ class Camera:
         if uv.ndim != 2 or uv.shape[1] != 2:
             raise InputError(f"pixels must be (N, 2), got {uv.shape}")
         (fx, fy), (cx, cy) = self.focal, self.principal_point
-        xyd = np.stack([(uv[:, 0] - cx) / fx, (uv[:, 1] - cy) / fy], axis=-1)
-        xy = self._undistort(xyd)
-        return np.concatenate([xy, np.ones((xy.shape[0], 1))], axis=-1)
+        x, y = self._undistort((uv[:, 0] - cx) / fx, (uv[:, 1] - cy) / fy)
+        return np.stack([x, y, np.ones_like(x)], axis=-1)
 
     def pixel_centers(self) -> np.ndarray:
         """(H, W, 2) pixel-centre coordinates (u, v) in COLMAP convention: (j + 0.5, i + 0.5)."""

@@ -1,7 +1,354 @@
-"""Label-consistency pose refiner (SegLoc Eq. 7) -- work in progress; reductions contract is final."""
+"""Label-consistency pose refiner (SegLoc Eq. 7): align labeled 3D points to K-class probability maps.
+
+E(T) = sum_m w_m rho(|p(x_m) - e_{y_m}|), x_m the projection of X_m under T_cam_world, rho the
+Cauchy loss rho(x) = psi^2/2 log(1 + x^2/psi^2) (psi = 0.1). Levenberg-Marquardt on SE(3) with a left
+update (`segloc_core.lm.run_lm`), coarse to fine over the network's levels.
+
+Why the cost of an iteration does not grow with K: with r = p - e_y (K-vector),
+c = |r|^2 = S - 2 p_y + 1 with S = sum_k p_k^2; its gradient wrt the pixel is 2 e with
+e = sum_k r_k grad p_k = grad S / 2 - grad p_y, and the Gauss-Newton Hessian of the vector residual
+needs G = sum_k grad p_k grad p_k^T. S and G (and max_k p_k, for the argmax test) are per-pixel
+reductions computed once per frame (`segloc_core.reductions`, produced by the network graph); an
+iteration samples them plus channel y_m of the probabilities, by flat indexing, at the projected
+points only: O(N) whatever K. `refine_direct` is the same optimizer with the textbook sampler that
+reads all K channels per point (the benchmark baseline); both share `run_lm` and the assembly.
+
+Points behind the camera or outside the interpolation domain (the hull of pixel centres,
+u in [0.5, W - 0.5] in COLMAP's convention) are ignored; LM compares the cost of two poses on the
+points visible at both, so a step gains nothing by pushing points out of view or pulling them in.
+"""
 
 from __future__ import annotations
 
-from segloc_core.reductions import REDUCTION_NAMES, level_reductions
+import argparse
+from dataclasses import dataclass, field
+from typing import Sequence
 
-__all__ = ["REDUCTION_NAMES", "level_reductions"]
+import numpy as np
+
+from segloc_core.errors import InputError
+from segloc_core.geometry import MIN_DEPTH, Camera, Pose
+from segloc_core.lm import Linearization, LMConfig, run_lm
+from segloc_core.reductions import REDUCTION_NAMES, dequantize, level_reductions
+
+__all__ = ["REDUCTION_NAMES", "level_reductions", "LevelInput", "LabeledPoints", "RefineConfig",
+           "RefineResult", "refine", "refine_direct", "configure_bench"]
+
+_I_SUM_SQ, _I_MAX, _I_GUU, _I_GUV, _I_GVV = (REDUCTION_NAMES.index(n) for n in
+                                             ("sum_sq", "max_prob", "grad_uu", "grad_uv", "grad_vv"))
+
+
+@dataclass(frozen=True)
+class LevelInput:
+    """One pyramid level of the query: probs (K,H,W) float32 or uint8 (p*255), reductions
+    (len(REDUCTION_NAMES),H,W) float32 from `level_reductions` (None: computed here, O(K H W)), and
+    the camera at this level's resolution (width W, height H)."""
+
+    probs: np.ndarray
+    reductions: np.ndarray | None
+    camera: Camera
+
+
+@dataclass(frozen=True)
+class LabeledPoints:
+    """Map points: xyz (N,3) world metres, labels (N,) ints in [0, K), weights (N,) >= 0 or None (=1)."""
+
+    xyz: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """psi: Cauchy scale on |r|; lm: damping/stopping per level; max_translation_m: a final pose
+    farther than this from the initial one is reported as diverged; points_per_pixel caps the points
+    used at a level to points_per_pixel * W * H (a fixed random subset, nested across levels): a
+    40x30 level cannot tell 5000 points apart, so coarse iterations stay cheap."""
+
+    psi: float = 0.1
+    lm: LMConfig = field(default_factory=LMConfig)
+    max_translation_m: float = 5.0
+    points_per_pixel: float = 0.5
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    """Refined pose and diagnostics.
+
+    covariance: (6,6) covariance of the left-update twist xi = [rho (m), omega (rad)] of T_cam_world,
+    i.e. of a perturbation expressed in the camera frame (order tx ty tz rx ry rz; units m^2, m rad,
+    rad^2). It is sigma2 * H^-1 from the final normal equations on the finest level (H the
+    Gauss-Newton Hessian with the robust weights, sigma2 the weighted mean squared residual); it
+    ignores the correlation between neighbouring pixels, so it is optimistic. For T_world_cam the
+    same matrix is the covariance of its right perturbation (camera frame). Infinite if singular.
+    costs: per level (coarse to fine), the robust cost after each accepted iteration (index 0 = start).
+    num_valid: visible points at the final pose on the finest level.
+    consistency: share of those points whose label is the argmax class at their (nearest) pixel,
+    tested as p_y >= max_prob (reduction channel), so O(N) whatever K.
+    failure: None, "too_few_points", "diverged" or "max_iterations" (converged is False then).
+    """
+
+    T_cam_world: Pose
+    covariance: np.ndarray
+    costs: tuple[np.ndarray, ...]
+    num_valid: int
+    consistency: float
+    converged: bool
+    failure: str | None
+    iterations: int
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling at projected points. x, y are continuous pixel-centre indices (x = u - 0.5).
+
+@dataclass
+class _Cell:
+    """Bilinear cells of the valid points: flat indices (4,n) of the corner pixel centres
+    (top-left, top-right, bottom-left, bottom-right) and the fractions fx, fy (n,) in [0, 1]."""
+
+    corners: np.ndarray
+    fx: np.ndarray
+    fy: np.ndarray
+
+    def interpolate(self, f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Value, d/du and d/dv (pixel units) of per-corner samples f (4,n)."""
+        f00, f01, f10, f11 = f
+        d_top, d_bottom = f01 - f00, f11 - f10
+        top = f00 + self.fx * d_top
+        bottom = f10 + self.fx * d_bottom
+        return top + self.fy * (bottom - top), d_top + self.fy * (d_bottom - d_top), bottom - top
+
+
+class _ReducedSampler:
+    """The K-independent sampler: S, G from the reduction channels, p_y by flat indexing."""
+
+    def __init__(self, level: LevelInput):
+        red = level.reductions
+        _, H, W = red.shape
+        # pixel-major copy, 4 float32 per pixel viewed as one 16-byte item: one 1-D gather per
+        # point and corner fetches S, G_uu, G_uv, G_vv together
+        rows = np.ascontiguousarray(red[[_I_SUM_SQ, _I_GUU, _I_GUV, _I_GVV]].reshape(4, H * W).T)
+        self.red = rows.view(np.complex128).reshape(-1)
+        self.probs = level.probs.reshape(-1)
+        self.scale = np.float32(1.0 / 255.0) if level.probs.dtype == np.uint8 else None
+        self.hw = H * W
+
+    def sample(self, cell: _Cell, labels: np.ndarray):
+        """Per valid point: squared residual c, e = grad c / 2 (e_u, e_v), G entries (uu, uv, vv)."""
+        r = self.red[cell.corners].view(np.float32).reshape(4, -1, 4)  # (corner, point, channel)
+        fx, fy = cell.fx[:, None], cell.fy[:, None]
+        d_top, d_bottom = r[1] - r[0], r[3] - r[2]
+        top = r[0] + fx * d_top
+        vertical = r[2] + fx * d_bottom - top
+        val = top + fy * vertical  # (n, 4): S, G_uu, G_uv, G_vv
+        S_u = d_top[:, 0] + cell.fy * (d_bottom[:, 0] - d_top[:, 0])
+        q = self.probs[labels * self.hw + cell.corners]
+        if self.scale is not None:
+            q = q * self.scale
+        py, py_u, py_v = cell.interpolate(q)
+        c = np.maximum(val[:, 0] - 2.0 * py + 1.0, 0.0)
+        return c, 0.5 * S_u - py_u, 0.5 * vertical[:, 0] - py_v, (val[:, 1], val[:, 2], val[:, 3])
+
+
+class _DirectSampler:
+    """The textbook sampler (benchmark baseline): all K channels per point, exact bilinear G."""
+
+    def __init__(self, level: LevelInput):
+        K, H, W = level.probs.shape
+        self.probs = np.ascontiguousarray(dequantize(level.probs).reshape(K, H * W).T)  # (H*W, K)
+
+    def sample(self, cell: _Cell, labels: np.ndarray):
+        P = self.probs[cell.corners]  # (4, n, K)
+        fx, fy = cell.fx[:, None], cell.fy[:, None]
+        d_top, d_bottom = P[1] - P[0], P[3] - P[2]
+        top = P[0] + fx * d_top
+        bottom = P[2] + fx * d_bottom
+        r = top + fy * (bottom - top)
+        du = d_top + fy * (d_bottom - d_top)
+        dv = bottom - top
+        r[np.arange(len(labels)), labels] -= 1.0  # r = p - e_y
+        c = np.einsum("nk,nk->n", r, r)
+        G = [np.einsum("nk,nk->n", a, b) for a, b in ((du, du), (du, dv), (dv, dv))]
+        return c, np.einsum("nk,nk->n", r, du), np.einsum("nk,nk->n", r, dv), G
+
+
+# ------------------------------------------------------------------------------------------------
+
+def _cauchy(c: np.ndarray, psi: float) -> np.ndarray:
+    """rho on the squared residual c = x^2: psi^2/2 log(1 + c/psi^2)."""
+    return 0.5 * psi * psi * np.log1p(c / (psi * psi))
+
+
+class _LevelObjective:
+    """Robust cost and normal equations of one level; the sampler is the only variant-specific part."""
+
+    def __init__(self, level: LevelInput, points: LabeledPoints, cfg: RefineConfig, sampler):
+        self.camera = level.camera
+        self.H, self.W = level.probs.shape[1:]
+        self.xyz_t = np.ascontiguousarray(np.asarray(points.xyz, dtype=np.float64).T)  # (3,N)
+        self.labels = np.asarray(points.labels, dtype=np.int64)
+        self.weights = (np.ones(len(self.labels)) if points.weights is None
+                        else np.asarray(points.weights, dtype=np.float64))
+        self.psi = cfg.psi
+        self.sampler = sampler
+        self.offsets = np.array([0, 1, self.W, self.W + 1])[:, None]
+
+    def cells(self, T: Pose, with_jacobian: bool):
+        """Project all points; return indices of the valid ones, their cells, camera points (3,n)
+        and d uv / d p_cam (2,3,n)."""
+        P = T.R @ self.xyz_t + T.t[:, None]
+        uv, front, _ = self.camera.project_columns(P, with_jacobian=False)
+        x, y = uv[0] - 0.5, uv[1] - 0.5  # continuous pixel-centre indices
+        with np.errstate(invalid="ignore"):
+            ok = np.flatnonzero(front & (x >= 0) & (x <= self.W - 1) & (y >= 0) & (y <= self.H - 1))
+        x, y, P = x[ok], y[ok], P[:, ok]
+        x0 = np.minimum(x.astype(np.int64), self.W - 2)
+        y0 = np.minimum(y.astype(np.int64), self.H - 2)
+        cell = _Cell(y0 * self.W + x0 + self.offsets, x - x0, y - y0)
+        J = self.camera.project_columns(P)[2] if with_jacobian else None
+        return ok, cell, P, J
+
+    def linearize(self, T: Pose) -> Linearization:
+        ok, cell, p, Jp = self.cells(T, with_jacobian=True)
+        n = len(ok)
+        w = self.weights[ok]
+        c, e_u, e_v, (guu, guv, gvv) = self.sampler.sample(cell, self.labels[ok])
+        point_costs = np.full(len(self.labels), np.nan)
+        point_costs[ok] = w * _cauchy(c, self.psi)
+        omega = w / (1.0 + c / (self.psi * self.psi))  # 2 w rho'(c): IRLS weight of the Cauchy loss
+        # d uv / d xi = d uv / d p [I, -[p]_x]; a row a of d uv / d p gives [a, p x a]
+        px, py, pz = p
+        J = np.empty((2, 6, n))
+        J[:, :3] = Jp
+        for k in range(2):
+            ax, ay, az = Jp[k]
+            J[k, 3] = py * az - pz * ay
+            J[k, 4] = pz * ax - px * az
+            J[k, 5] = px * ay - py * ax
+        J0, J1 = J
+        Hm = (J0 * omega) @ (guu * J0 + guv * J1).T + (J1 * omega) @ (guv * J0 + gvv * J1).T
+        g = J0 @ (omega * e_u) + J1 @ (omega * e_v)
+        JJ = J.reshape(12, n) @ J.reshape(12, n).T
+        metric = (JJ[:6, :6] + JJ[6:, 6:]) / max(n, 1)  # xi^T M xi: mean squared displacement (px^2)
+        sigma2 = float(omega @ c) / max(n - 6, 1)
+        return Linearization(float(point_costs[ok].sum()), point_costs, Hm, g, n, sigma2, metric)
+
+    def consistency(self, T: Pose, reductions: np.ndarray, probs: np.ndarray) -> tuple[int, float]:
+        """(visible points, share whose label is the argmax at their nearest pixel)."""
+        ok, cell, _, _ = self.cells(T, with_jacobian=False)
+        if len(ok) == 0:
+            return 0, 0.0
+        near = cell.corners[0] + (cell.fx >= 0.5) + self.W * (cell.fy >= 0.5)
+        py = probs.reshape(-1)[self.labels[ok] * self.H * self.W + near]
+        if probs.dtype == np.uint8:
+            py = py * np.float32(1.0 / 255.0)
+        maxp = reductions[_I_MAX].reshape(-1)[near]
+        return len(ok), float(np.mean(py >= maxp - 1e-6))
+
+
+# ------------------------------------------------------------------------------------------------
+
+def _check_inputs(levels: Sequence[LevelInput], points: LabeledPoints, T: Pose) -> list[LevelInput]:
+    if not isinstance(T, Pose) or not T.is_finite():
+        raise InputError(f"initial pose must be a finite Pose, got {T!r}")
+    if len(levels) == 0:
+        raise InputError("refine needs at least one level of probability maps")
+    K = None
+    out = []
+    for i, lv in enumerate(levels):
+        probs = np.asarray(lv.probs)
+        if probs.dtype not in (np.float32, np.uint8):
+            raise InputError(f"level {i}: probs must be float32 or uint8 (p*255), got {probs.dtype}")
+        if probs.ndim != 3 or probs.shape[1] < 2 or probs.shape[2] < 2:
+            raise InputError(f"level {i}: probs must be (K, H, W) with H, W >= 2, got {probs.shape}")
+        if K is not None and probs.shape[0] != K:
+            raise InputError(f"level {i}: K={probs.shape[0]} differs from level 0's K={K}")
+        K = probs.shape[0]
+        _, H, W = probs.shape
+        if (lv.camera.width, lv.camera.height) != (W, H):
+            raise InputError(f"level {i}: camera is {lv.camera.width}x{lv.camera.height} but the "
+                             f"maps are {W}x{H}; pass the camera scaled to the level")
+        red = level_reductions(probs) if lv.reductions is None else np.asarray(lv.reductions)
+        if red.shape != (len(REDUCTION_NAMES), H, W) or red.dtype != np.float32:
+            raise InputError(f"level {i}: reductions must be float32 {(len(REDUCTION_NAMES), H, W)} "
+                             f"({', '.join(REDUCTION_NAMES)}), got {red.dtype} {red.shape}")
+        out.append(LevelInput(probs, red, lv.camera))
+    xyz, labels = np.asarray(points.xyz), np.asarray(points.labels)
+    if xyz.ndim != 2 or xyz.shape[1] != 3 or xyz.shape[0] == 0:
+        raise InputError(f"points.xyz must be a non-empty (N, 3) array, got shape {xyz.shape}")
+    if not np.all(np.isfinite(xyz)):
+        raise InputError("points.xyz contains NaN or infinite coordinates")
+    if labels.shape != (xyz.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"points.labels must be ({xyz.shape[0]},) integers, got {labels.dtype} {labels.shape}")
+    if labels.min() < 0 or labels.max() >= K:
+        raise InputError(f"points.labels must lie in [0, {K}) for K={K} maps, got "
+                         f"[{labels.min()}, {labels.max()}]")
+    if points.weights is not None:
+        w = np.asarray(points.weights)
+        if w.shape != labels.shape or not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise InputError(f"points.weights must be ({len(labels)},) finite and >= 0")
+    return out
+
+
+def _subset(points: LabeledPoints, order: np.ndarray, num: int) -> LabeledPoints:
+    if num >= len(order):
+        return points
+    keep = np.sort(order[:num])
+    w = None if points.weights is None else np.asarray(points.weights)[keep]
+    return LabeledPoints(np.asarray(points.xyz)[keep], np.asarray(points.labels)[keep], w)
+
+
+def _refine(levels, points, T_init, config, sampler_cls) -> RefineResult:
+    levels = _check_inputs(levels, points, T_init)
+    order = np.random.default_rng(0).permutation(len(points.labels))
+    T = T_init
+    costs: list[np.ndarray] = []
+    iterations = 0
+    status = "converged"
+    for lv in levels:
+        _, H, W = lv.probs.shape
+        level_points = _subset(points, order, int(np.ceil(config.points_per_pixel * H * W)))
+        obj = _LevelObjective(lv, level_points, config, sampler_cls(lv))
+        trace = run_lm(obj, T, config.lm)
+        costs.append(trace.costs)
+        iterations += trace.iterations
+        T, lin, status = trace.T, trace.lin, trace.status
+        if status == "too_few_points":
+            break
+    num_valid, consistency = obj.consistency(T, lv.reductions, lv.probs)
+    try:
+        cov = lin.sigma2 * np.linalg.inv(lin.H)
+    except np.linalg.LinAlgError:
+        cov = np.full((6, 6), np.inf)
+    failure = None if status == "converged" else status
+    moved = np.linalg.norm(T.center() - T_init.center())
+    if not T.is_finite() or moved > config.max_translation_m:
+        failure = "diverged"
+    return RefineResult(T, cov, tuple(costs), num_valid, consistency, failure is None, failure,
+                        iterations)
+
+
+def refine(levels: Sequence[LevelInput], points: LabeledPoints, T_cam_world_init: Pose,
+           config: RefineConfig = RefineConfig()) -> RefineResult:
+    """Refine T_cam_world by label consistency, coarse to fine over `levels` (coarsest first).
+
+    Per iteration O(N) whatever K (see the module docstring). Raises InputError on bad input.
+    """
+    return _refine(levels, points, T_cam_world_init, config, _ReducedSampler)
+
+
+def refine_direct(levels: Sequence[LevelInput], points: LabeledPoints, T_cam_world_init: Pose,
+                  config: RefineConfig = RefineConfig()) -> RefineResult:
+    """The same refiner with K-dimensional residuals sampled directly (O(N K) per iteration).
+
+    The benchmark baseline; it differs from `refine` only in the sampler (and in G being the exact
+    bilinear tensor instead of interpolated central differences).
+    """
+    return _refine(levels, points, T_cam_world_init, config, _DirectSampler)
+
+
+def configure_bench(parser: argparse.ArgumentParser) -> None:
+    """`segloc bench refine`: see `segloc_core.refine_bench`."""
+    from segloc_core.refine_bench import configure_bench as configure
+
+    configure(parser)
