@@ -1,0 +1,162 @@
+"""Map building: label voting, the world source, COLMAP import (maupertuis), kapture triangulation, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segloc_core.cli import main
+from segloc_core.errors import InputError
+from segloc_core.map_build import (BuildConfig, Observations, finish_map, label_and_describe,
+                                   sample_nearest, vote_labels, world_geometry)
+from segloc_core.map_format import load_map, save_map, size_report
+
+MAUPERTUIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "maupertuis"
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory) -> Path:
+    from segloc_core.world import render_tiny_world
+
+    return render_tiny_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory) -> Path:
+    """A real (randomly initialised, untrained) segmentation model: the shipped one comes later."""
+    torch = pytest.importorskip("torch")
+    import yaml
+
+    from segloc_core.model import ModelConfig, SegLocNet
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_classes=16, width=0.25, input_width=160, input_height=112)
+    path = tmp_path_factory.mktemp("model") / "untrained.pt"
+    torch.save(SegLocNet(cfg).state_dict(), path)
+    path.with_suffix(".yaml").write_text(yaml.safe_dump({"model": cfg.to_dict()}))
+    return path
+
+
+def test_vote_keeps_majority_and_agreement():
+    # point 0: votes 2,2,1 -> 2 (2/3); point 1: 0,0 -> 0 (1.0); point 2: unobserved
+    obs = Observations(np.array([0, 0, 0, 1, 1]), np.array([0, 1, 2, 0, 1]),
+                       np.array([[0.5, 0.5], [1.5, 0.5], [0.5, 0.5], [1.5, 0.5], [0.5, 0.5]]))
+    maps = {0: [2, 0], 1: [0, 2], 2: [1, 1]}  # image -> label of pixel column 0 and 1
+
+    def lookup(img: int, uv: np.ndarray) -> np.ndarray:
+        probs = np.zeros((3, 1, 2), np.float32)
+        for col, lab in enumerate(maps[img]):
+            probs[lab, 0, col] = 1.0
+        return sample_nearest(probs, uv)
+
+    labels, agreement = vote_labels(obs, lookup, 3, progress=False)
+    assert labels.tolist() == [2, 0, -1]
+    assert agreement == pytest.approx([2 / 3, 1.0, 0.0])
+
+
+def test_world_map_labels_follow_ground_truth(tiny_world, tmp_path):
+    """Probability maps from the world's surface ids: voting must recover each point's id class."""
+    from segloc_core.world import load_world
+
+    K = 50
+    ds = load_world(tiny_world)
+    geo = world_geometry(tiny_world, BuildConfig(), progress=False)
+    frames = ds.frames(ds.mapping_condition)
+    assert len(geo.names) == len(frames) and len(geo.xyz_m) > 1000
+    # every observation is a surface sample of that image (depth test), within the voxel size
+    ids = [ds.ids(r) for r in frames]
+
+    def lookup(img: int, uv: np.ndarray) -> np.ndarray:
+        probs = np.eye(K, dtype=np.float32)[ids[img] % K].transpose(2, 0, 1)
+        return sample_nearest(probs, uv)
+
+    labels, agreement = vote_labels(geo.observations, lookup, len(geo.xyz_m), progress=False)
+    observed = labels >= 0
+    assert observed.mean() > 0.99
+    assert np.median(agreement[observed]) == 1.0  # surfaces keep their id across views
+    raw = np.random.default_rng(0).standard_normal((len(geo.names), 40)).astype(np.float32)
+    m = finish_map(geo, labels, agreement, raw, K, "ground-truth", BuildConfig(min_agreement=0.6))
+    assert len(m) <= observed.sum() and len(m) > 0.8 * observed.sum()
+    assert m.confidence.min() >= 0.6 - 1 / 255
+    path = save_map(m, tmp_path / "gt.segmap")
+    assert size_report(path).bytes_per_point <= 16.0
+    assert np.linalg.norm(m.xyz - m.xyz.mean(0), axis=1).max() < 500
+
+
+def test_world_map_end_to_end_with_a_real_segmenter(tiny_world, untrained_model, tmp_path):
+    from segloc_core.maps import MapSource, build_map
+
+    out = tmp_path / "world.segmap"
+    m = build_map(MapSource("world", tiny_world), out, untrained_model, BuildConfig(min_agreement=0.0),
+                  progress=False)
+    loaded = load_map(out)
+    assert save_map(loaded, tmp_path / "again.segmap").read_bytes() == out.read_bytes()
+    assert loaded.meta.K == 16 and loaded.meta.model_hash == m.meta.model_hash
+    assert len(loaded.images) == 12 and loaded.images.descriptors.dtype == np.float16
+    assert size_report(out).bytes_per_point <= 16.0
+    # the CLI reports the same figures
+    assert main(["map", "info", str(out)]) == 0
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "bad.segmap").write_bytes(bytes(data))
+    assert main(["map", "info", str(tmp_path / "bad.segmap")]) == 4  # InputError exit code
+
+
+@pytest.mark.skipif(not MAUPERTUIS.exists(), reason="shared maupertuis data set not present")
+def test_maupertuis_colmap_import(untrained_model, tmp_path, capsys):
+    from segloc_core.map_colmap import colmap_geometry
+
+    rec_dir = MAUPERTUIS / "colmap" / "reconstruction"
+    geo = colmap_geometry(rec_dir, MAUPERTUIS / "colmap" / "images")
+    assert len(geo.xyz_m) == 1039 and len(geo.names) == 4
+    assert len(geo.observations.point_index) == 3355
+    i = geo.names.index("03.jpg")
+    assert geo.T_cam_world[i].quat_xyzw() * np.sign(geo.T_cam_world[i].quat_xyzw()[3]) == pytest.approx(
+        [0.0113506, 0.344769, 0.375358, 0.860298], abs=1e-6)
+    assert geo.cameras[i].model == "PINHOLE" and geo.cameras[i].params[0] == geo.cameras[i].params[1] == 1847.53
+    # observations reproject onto their keypoints: poses, cameras and tracks line up
+    obs = geo.observations
+    sel = obs.image_index == i
+    uv, valid = geo.cameras[i].project(geo.T_cam_world[i].transform(geo.xyz_m[obs.point_index[sel]]))
+    assert valid.all() and np.median(np.linalg.norm(uv - obs.uv[sel], axis=1)) < 2.0
+
+    out = tmp_path / "maupertuis.segmap"
+    assert main(["map", "import", str(rec_dir), "--model", str(untrained_model), "--min-agreement", "0",
+                 "-o", str(out)]) == 0
+    m = load_map(out)
+    assert len(m) == 1039 and len(m.images) == 4 and m.meta.source.startswith("colmap:")
+    assert np.abs(np.sort(m.xyz[:, 2]) - np.sort(geo.xyz_m[:, 2])).max() <= m.quantization_error_max_m
+    capsys.readouterr()
+    assert main(["map", "info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "points            1039" in info and "with SIFT" in info
+
+
+@pytest.mark.skipif(not MAUPERTUIS.exists(), reason="shared maupertuis data set not present")
+def test_kapture_posed_images_triangulate_in_the_given_frame():
+    """pycolmap triangulation with the kapture poses held fixed (SIFT on 4 images, a few seconds)."""
+    from segloc_core.map_colmap import kapture_geometry, read_kapture_posed_images
+
+    names, poses, _ = read_kapture_posed_images(MAUPERTUIS / "kapture")
+    geo = kapture_geometry(MAUPERTUIS / "kapture")
+    assert len(geo.xyz_m) > 0 and set(geo.names) == set(names)
+    for name, pose in zip(geo.names, geo.T_cam_world):
+        assert np.allclose(pose.matrix(), poses[names.index(name)].matrix(), atol=1e-9)
+    # triangulated points sit in front of the cameras that observe them
+    obs = geo.observations
+    z = np.array([geo.T_cam_world[i].transform(geo.xyz_m[p])[2] for p, i in zip(obs.point_index, obs.image_index)])
+    assert (z > 0).all()
+
+
+def test_bad_sources_are_refused(tmp_path):
+    from segloc_core.map_colmap import colmap_geometry, read_kapture_posed_images
+    from segloc_core.maps import MapSource
+
+    with pytest.raises(InputError, match="no COLMAP model"):
+        colmap_geometry(tmp_path, tmp_path)
+    with pytest.raises(InputError, match="kapture"):
+        read_kapture_posed_images(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        MapSource("world", tmp_path / "nope")
