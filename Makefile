@@ -35,7 +35,9 @@ $(STAMPS)/deps: requirements-ros.txt requirements.txt $(STAMPS)/venv
 
 # Interface packages, built straight into the venv prefix (nothing to source afterwards).
 # tf2_msgs only when the environment has none (a real ROS 2 install brings its own).
+# Always a clean build: rosidl's generators append to their argument files on a re-configure.
 $(STAMPS)/interfaces: $(STAMPS)/deps $(MSG_FILES)
+	@rm -rf $(COLCON_BUILD)/build
 	@pkgs="segloc_msgs"; \
 	if [ -f $(STAMPS)/own_tf2_msgs ] || ! $(PY) -c "import tf2_msgs.msg" 2>/dev/null; then \
 	  pkgs="tf2_msgs $$pkgs"; touch $(STAMPS)/own_tf2_msgs; fi; \
