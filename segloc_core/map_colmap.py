@@ -144,13 +144,13 @@ def posed_images_geometry(image_dir: Path, names: list[str], poses: list[Pose], 
         return geometry_from_reconstruction(rec, Path(image_dir), source)
 
 
-def kapture_geometry(kapture_dir: Path) -> MapGeometry:
+def kapture_geometry(kapture_dir: Path, max_image_size: int = 1600) -> MapGeometry:
     """Posed images of a kapture folder, triangulated (one camera model: the first sensor's)."""
     names, poses, cams = read_kapture_posed_images(kapture_dir)
     if len({(c.model, c.width, c.height, tuple(c.params)) for c in cams}) != 1:
         raise InputError(f"{kapture_dir}: triangulation here supports one camera; found several")
     return posed_images_geometry(Path(kapture_dir) / "sensors" / "records_data", names, poses, cams[0],
-                                 f"kapture:{kapture_dir}")
+                                 f"kapture:{kapture_dir}", max_image_size)
 
 
 def read_kapture_posed_images(kapture_dir: Path) -> tuple[list[str], list[Pose], list[Camera]]:

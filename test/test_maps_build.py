@@ -140,7 +140,7 @@ def test_kapture_posed_images_triangulate_in_the_given_frame():
     from segloc_core.map_colmap import kapture_geometry, read_kapture_posed_images
 
     names, poses, _ = read_kapture_posed_images(MAUPERTUIS / "kapture")
-    geo = kapture_geometry(MAUPERTUIS / "kapture")
+    geo = kapture_geometry(MAUPERTUIS / "kapture", max_image_size=800)
     assert len(geo.xyz_m) > 0 and set(geo.names) == set(names)
     for name, pose in zip(geo.names, geo.T_cam_world):
         assert np.allclose(pose.matrix(), poses[names.index(name)].matrix(), atol=1e-9)
