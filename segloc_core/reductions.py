@@ -1,18 +1,23 @@
 """Per-pixel reductions over the K class channels that make the refiner's cost independent of K.
 
-With r = p(x) - e_y the residual of a labeled point, |r|^2 = S(x) - 2 p_y(x) + 1 where
-S = sum_k p_k^2, and its Gauss-Newton Hessian needs G = sum_k grad p_k grad p_k^T (2x2, symmetric).
-S, G and max_k p_k are one pass over K x H x W per frame: the segmentation graph computes them
-(on the GPU) and the refiner then samples a few channels plus channel y per point and iteration.
+With r = p(x) - e_y the residual of a labeled point and p(x) bilinearly interpolated between the
+four pixel centres around x, |r|^2 = sum_k p_k(x)^2 - 2 p_y(x) + 1. The first term, its gradient and
+the Gauss-Newton tensor sum_k grad p_k grad p_k^T are quadratic forms in the 4x4 Gram matrix of the
+four corner probability vectors, <p(c), p(c')> = sum_k p_k(c) p_k(c'). So a few per-pixel inner
+products with the neighbours, computed once per frame (by the network graph, on the GPU), give the
+refiner the *exact* cost, gradient and Hessian of the K-dimensional residual: an iteration samples
+these channels plus channel y per point, O(N) whatever K. (Interpolating sum_k p_k^2 itself would
+not do: it is not the square of the interpolated p, and its minimum pulls points onto pixel centres.)
 
 This numpy function is the reference; the network's ONNX graph outputs exactly these channels in
-this order, parity-tested against it. Definitions, for probs p (K, H, W) with values in [0, 1]
-(uint8 input is dequantized as p = q / 255):
-- sum_sq   = sum_k p_k^2
-- max_prob = max_k p_k (with p_y it tells whether y is the argmax: p_y >= max_prob)
-- grad_uu, grad_uv, grad_vv = sum_k gu_k gu_k, sum_k gu_k gv_k, sum_k gv_k gv_k, where gu, gv are
-  central differences along W (u) and H (v) in per-pixel units on the edge-replicated image:
-  gu[i, j] = (p[i, min(j+1, W-1)] - p[i, max(j-1, 0)]) / 2, likewise gv along i.
+this order, parity-tested against it. For probs p (K, H, W) in [0, 1] (uint8 input is dequantized as
+p = q / 255), with <a, b> = sum_k p_k[a] p_k[b] and 0 where the neighbour falls outside the image:
+- sum_sq[i, j]         = <(i, j), (i, j)>
+- max_prob[i, j]       = max_k p_k[i, j]   (with p_y it tells whether y is the argmax: p_y >= max_prob)
+- dot_right[i, j]      = <(i, j), (i, j+1)>
+- dot_down[i, j]       = <(i, j), (i+1, j)>
+- dot_down_right[i, j] = <(i, j), (i+1, j+1)>
+- dot_down_left[i, j]  = <(i, j), (i+1, j-1)>
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import numpy as np
 
 from segloc_core.errors import InputError
 
-REDUCTION_NAMES: tuple[str, ...] = ("sum_sq", "max_prob", "grad_uu", "grad_uv", "grad_vv")
+REDUCTION_NAMES: tuple[str, ...] = ("sum_sq", "max_prob", "dot_right", "dot_down", "dot_down_right",
+                                    "dot_down_left")
 
 
 def dequantize(probs: np.ndarray) -> np.ndarray:
@@ -39,13 +45,11 @@ def level_reductions(probs: np.ndarray) -> np.ndarray:
     if probs.ndim != 3 or min(probs.shape) < 1:
         raise InputError(f"probability maps must be (K, H, W), got shape {probs.shape}")
     p = dequantize(probs)
-    pad = np.pad(p, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    gu = (pad[:, 1:-1, 2:] - pad[:, 1:-1, :-2]) * np.float32(0.5)
-    gv = (pad[:, 2:, 1:-1] - pad[:, :-2, 1:-1]) * np.float32(0.5)
-    out = np.empty((len(REDUCTION_NAMES),) + p.shape[1:], dtype=np.float32)
+    out = np.zeros((len(REDUCTION_NAMES),) + p.shape[1:], dtype=np.float32)
     np.einsum("khw,khw->hw", p, p, out=out[0])
     np.max(p, axis=0, out=out[1])
-    np.einsum("khw,khw->hw", gu, gu, out=out[2])
-    np.einsum("khw,khw->hw", gu, gv, out=out[3])
-    np.einsum("khw,khw->hw", gv, gv, out=out[4])
+    np.einsum("khw,khw->hw", p[:, :, :-1], p[:, :, 1:], out=out[2, :, :-1])
+    np.einsum("khw,khw->hw", p[:, :-1], p[:, 1:], out=out[3, :-1])
+    np.einsum("khw,khw->hw", p[:, :-1, :-1], p[:, 1:, 1:], out=out[4, :-1, :-1])
+    np.einsum("khw,khw->hw", p[:, :-1, 1:], p[:, 1:, :-1], out=out[5, :-1, 1:])
     return out

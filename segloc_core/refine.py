@@ -7,11 +7,13 @@ update (`segloc_core.lm.run_lm`), coarse to fine over the network's levels.
 Why the cost of an iteration does not grow with K: with r = p - e_y (K-vector),
 c = |r|^2 = S - 2 p_y + 1 with S = sum_k p_k^2; its gradient wrt the pixel is 2 e with
 e = sum_k r_k grad p_k = grad S / 2 - grad p_y, and the Gauss-Newton Hessian of the vector residual
-needs G = sum_k grad p_k grad p_k^T. S and G (and max_k p_k, for the argmax test) are per-pixel
-reductions computed once per frame (`segloc_core.reductions`, produced by the network graph); an
-iteration samples them plus channel y_m of the probabilities, by flat indexing, at the projected
-points only: O(N) whatever K. `refine_direct` is the same optimizer with the textbook sampler that
-reads all K channels per point (the benchmark baseline); both share `run_lm` and the assembly.
+needs G = sum_k grad p_k grad p_k^T. Under bilinear interpolation all three are quadratic forms in
+the Gram matrix of the four corner probability vectors, so per-pixel inner products with the
+neighbours (and max_k p_k, for the argmax test), computed once per frame (`segloc_core.reductions`,
+produced by the network graph), give them exactly; an iteration samples those channels plus channel
+y_m of the probabilities, by flat indexing, at the projected points only: O(N) whatever K.
+`refine_direct` is the same optimizer with the textbook sampler that reads all K channels per point
+(the benchmark baseline); both share `run_lm` and the assembly and compute the same numbers.
 
 Points behind the camera or outside the interpolation domain (the hull of pixel centres,
 u in [0.5, W - 0.5] in COLMAP's convention) are ignored; LM compares the cost of two poses on the
@@ -34,8 +36,9 @@ from segloc_core.reductions import REDUCTION_NAMES, dequantize, level_reductions
 __all__ = ["REDUCTION_NAMES", "level_reductions", "LevelInput", "LabeledPoints", "RefineConfig",
            "RefineResult", "refine", "refine_direct", "configure_bench"]
 
-_I_SUM_SQ, _I_MAX, _I_GUU, _I_GUV, _I_GVV = (REDUCTION_NAMES.index(n) for n in
-                                             ("sum_sq", "max_prob", "grad_uu", "grad_uv", "grad_vv"))
+_I_SUM_SQ, _I_MAX, _I_RIGHT, _I_DOWN, _I_DOWN_RIGHT, _I_DOWN_LEFT = (
+    REDUCTION_NAMES.index(n) for n in
+    ("sum_sq", "max_prob", "dot_right", "dot_down", "dot_down_right", "dot_down_left"))
 
 
 @dataclass(frozen=True)
@@ -120,34 +123,60 @@ class _Cell:
 
 
 class _ReducedSampler:
-    """The K-independent sampler: S, G from the reduction channels, p_y by flat indexing."""
+    """The K-independent sampler: exact bilinear cost, gradient and G from the inner-product channels
+    (see `segloc_core.reductions`), p_y by flat indexing into the label's channel."""
 
     def __init__(self, level: LevelInput):
         red = level.reductions
         _, H, W = red.shape
         # pixel-major copy, 4 float32 per pixel viewed as one 16-byte item: one 1-D gather per
-        # point and corner fetches S, G_uu, G_uv, G_vv together
-        rows = np.ascontiguousarray(red[[_I_SUM_SQ, _I_GUU, _I_GUV, _I_GVV]].reshape(4, H * W).T)
-        self.red = rows.view(np.complex128).reshape(-1)
+        # point and corner fetches S, <right>, <down>, <down-right> together
+        chans = [_I_SUM_SQ, _I_RIGHT, _I_DOWN, _I_DOWN_RIGHT]
+        rows = np.ascontiguousarray(red[chans].reshape(4, H * W).T)
+        self.table = rows.view(np.complex128).reshape(-1)
+        self.down_left = red[_I_DOWN_LEFT].reshape(-1)
         self.probs = level.probs.reshape(-1)
         self.scale = np.float32(1.0 / 255.0) if level.probs.dtype == np.uint8 else None
         self.hw = H * W
 
     def sample(self, cell: _Cell, labels: np.ndarray):
-        """Per valid point: squared residual c, e = grad c / 2 (e_u, e_v), G entries (uu, uv, vv)."""
-        r = self.red[cell.corners].view(np.float32).reshape(4, -1, 4)  # (corner, point, channel)
-        fx, fy = cell.fx[:, None], cell.fy[:, None]
-        d_top, d_bottom = r[1] - r[0], r[3] - r[2]
-        top = r[0] + fx * d_top
-        vertical = r[2] + fx * d_bottom - top
-        val = top + fy * vertical  # (n, 4): S, G_uu, G_uv, G_vv
-        S_u = d_top[:, 0] + cell.fy * (d_bottom[:, 0] - d_top[:, 0])
+        """Per valid point: squared residual c, e = grad c / 2 (e_u, e_v), G entries (uu, uv, vv).
+
+        Corners 0..3 = 00, 01, 10, 11 (row, column); Sc = |p(c)|^2, R0 = <p00, p01>,
+        R2 = <p10, p11>, D0 = <p00, p10>, D1 = <p01, p11>, X = <p00, p11>, Y = <p01, p10>.
+        """
+        t = self.table[cell.corners].view(np.float32).reshape(4, -1, 4)  # (corner, point, channel)
+        S0, S1, S2, S3 = t[0, :, 0], t[1, :, 0], t[2, :, 0], t[3, :, 0]
+        R0, R2, D0, D1, X = t[0, :, 1], t[2, :, 1], t[0, :, 2], t[1, :, 2], t[0, :, 3]
+        Y = self.down_left[cell.corners[1]]
+        fx, fy = cell.fx, cell.fy
+        gx, gy = 1.0 - fx, 1.0 - fy
+        # p = gy p_top + fy p_bottom, p_top = gx p00 + fx p01, p_bottom = gx p10 + fx p11
+        XY = X + Y
+        T = gx * (gx * S0 + 2 * fx * R0) + fx * fx * S1  # |p_top|^2
+        B = gx * (gx * S2 + 2 * fx * R2) + fx * fx * S3  # |p_bottom|^2
+        M = gx * (gx * D0 + fx * XY) + fx * fx * D1  # <p_top, p_bottom>
+        # half derivatives along fx of T, B, M
+        Tx = (gx - fx) * R0 - gx * S0 + fx * S1
+        Bx = (gx - fx) * R2 - gx * S2 + fx * S3
+        Mx = 0.5 * (gx - fx) * XY - gx * D0 + fx * D1
+        sum_sq = gy * (gy * T + 2 * fy * M) + fy * fy * B
+        half_S_u = gy * (gy * Tx + 2 * fy * Mx) + fy * fy * Bx
+        half_S_v = (gy - fy) * M - gy * T + fy * B
+        # G from the corner differences a = p01-p00, b = p11-p10 (along u), c = p10-p00, d = p11-p01
+        aa, bb, ab = S0 - 2 * R0 + S1, S2 - 2 * R2 + S3, D0 + D1 - XY
+        cc, dd, cd = S0 - 2 * D0 + S2, S1 - 2 * D1 + S3, R0 + R2 - XY
+        ac, ad = S0 + Y - R0 - D0, R0 + D1 - S1 - X
+        bc, bd = D0 + R2 - S2 - X, S3 + Y - D1 - R2
+        G_uu = gy * (gy * aa + 2 * fy * ab) + fy * fy * bb
+        G_vv = gx * (gx * cc + 2 * fx * cd) + fx * fx * dd
+        G_uv = gy * (gx * ac + fx * ad) + fy * (gx * bc + fx * bd)
         q = self.probs[labels * self.hw + cell.corners]
         if self.scale is not None:
             q = q * self.scale
         py, py_u, py_v = cell.interpolate(q)
-        c = np.maximum(val[:, 0] - 2.0 * py + 1.0, 0.0)
-        return c, 0.5 * S_u - py_u, 0.5 * vertical[:, 0] - py_v, (val[:, 1], val[:, 2], val[:, 3])
+        c = np.maximum(sum_sq - 2.0 * py + 1.0, 0.0)
+        return c, half_S_u - py_u, half_S_v - py_v, (G_uu, G_uv, G_vv)
 
 
 class _DirectSampler:
@@ -341,8 +370,8 @@ def refine_direct(levels: Sequence[LevelInput], points: LabeledPoints, T_cam_wor
                   config: RefineConfig = RefineConfig()) -> RefineResult:
     """The same refiner with K-dimensional residuals sampled directly (O(N K) per iteration).
 
-    The benchmark baseline; it differs from `refine` only in the sampler (and in G being the exact
-    bilinear tensor instead of interpolated central differences).
+    The benchmark baseline; it differs from `refine` only in the sampler, and gives the same cost,
+    gradient and Hessian up to float rounding.
     """
     return _refine(levels, points, T_cam_world_init, config, _DirectSampler)
 
