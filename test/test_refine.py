@@ -1,0 +1,206 @@
+"""Label-consistency refiner: reductions, gradients, convergence, covariance, input checks.
+
+Scenes are `PlaneScene` street canyons ray cast at 160x120 (fast, no rendered world needed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from segloc_core.errors import InputError
+from segloc_core.geometry import Camera, Pose, pose_error
+from segloc_core.lm import LMConfig
+from segloc_core.refine import (REDUCTION_NAMES, LabeledPoints, LevelInput, RefineConfig,
+                                _DirectSampler, _LevelObjective, _ReducedSampler, level_reductions,
+                                refine, refine_direct)
+from segloc_core.refine_scenes import PlaneScene, map_points_from_depth, oracle_levels
+
+K = 20
+CAM = Camera("PINHOLE", 160, 120, [125.0, 125.0, 80.0, 60.0])
+SIZES = ((40, 30), (80, 60), (160, 120))
+T_QUERY = Pose.from_rotvec([0.0, 0.04, 0.0], [0.2, 0.0, -0.8])
+
+
+@pytest.fixture(scope="module")
+def scene_data():
+    scene = PlaneScene(np.array([[0, 1, 0], [1, 0, 0], [1, 0, 0], [0, 0, 1.0]]),
+                       np.array([1.5, -4.0, 4.0, 12.0]), 0.5,
+                       np.random.default_rng(0).integers(0, K, size=(4, 64, 64)))
+    labels_ref, depth_ref = scene.render(CAM, Pose.identity())
+    labels_q, _ = scene.render(CAM, T_QUERY)
+    points = map_points_from_depth(CAM, Pose.identity(), labels_ref, depth_ref, 3000,
+                                   np.random.default_rng(1))
+    return labels_q, points
+
+
+def _levels(labels_q, **kw):
+    return oracle_levels(labels_q, K, CAM, sizes=SIZES, **kw)
+
+
+def test_reduction_names_are_the_contract():
+    assert REDUCTION_NAMES == ("sum_sq", "max_prob", "dot_right", "dot_down", "dot_down_right",
+                               "dot_down_left")
+
+
+def test_level_reductions_match_definitions():
+    rng = np.random.default_rng(0)
+    p = rng.random((7, 5, 6)).astype(np.float32)
+    p /= p.sum(0)
+    red = level_reductions(p)
+    assert red.shape == (6, 5, 6) and red.dtype == np.float32
+    q = p.astype(np.float64)
+
+    def dot(i, j, di, dj):
+        ii, jj = i + di, j + dj
+        return float(q[:, i, j] @ q[:, ii, jj]) if 0 <= ii < 5 and 0 <= jj < 6 else 0.0
+
+    expect = np.array([[[dot(i, j, *d) for j in range(6)] for i in range(5)]
+                       for d in ((0, 0), (0, 1), (1, 0), (1, 1), (1, -1))])
+    np.testing.assert_allclose(red[[0, 2, 3, 4, 5]], expect, atol=1e-6)
+    np.testing.assert_allclose(red[1], p.max(0))
+    u8 = np.round(p * 255).astype(np.uint8)
+    np.testing.assert_allclose(level_reductions(u8), level_reductions(u8.astype(np.float32) / 255),
+                               atol=1e-6)
+
+
+def test_reduced_sampler_equals_direct_k_dimensional_residuals(scene_data):
+    """Same cost, gradient and Hessian as sampling all K channels: the reductions lose nothing."""
+    labels_q, points = scene_data
+    level = _levels(labels_q, blur_px=1.0)[-1]
+    T = Pose.exp([0.03, 0.01, -0.02, 0.01, 0.003, -0.002]) @ T_QUERY
+    a = _LevelObjective(level, points, RefineConfig(), _ReducedSampler(level)).linearize(T)
+    b = _LevelObjective(level, points, RefineConfig(), _DirectSampler(level)).linearize(T)
+    assert a.num_valid == b.num_valid > 1000
+    assert a.cost == pytest.approx(b.cost, rel=1e-5)
+    np.testing.assert_allclose(a.g, b.g, atol=1e-5 * np.abs(b.g).max())
+    np.testing.assert_allclose(a.H, b.H, atol=1e-5 * np.abs(b.H).max())
+
+
+@pytest.mark.parametrize("sampler", [_ReducedSampler, _DirectSampler])
+def test_gradient_matches_numerical_derivative_of_cost(scene_data, sampler):
+    """g of the normal equations is the exact gradient of the robust cost (all Jacobians chained)."""
+    labels_q, points = scene_data
+    level = _levels(labels_q, blur_px=1.5)[-1]
+    obj = _LevelObjective(level, points, RefineConfig(), sampler(level))
+    T = Pose.exp([0.03, -0.02, 0.05, 0.004, -0.003, 0.002]) @ T_QUERY
+    lin = obj.linearize(T)
+    keep = np.isfinite(lin.point_costs)  # compare on a fixed point set
+    eps = 1e-6
+    num = []
+    for e in np.eye(6):
+        plus = obj.linearize(Pose.exp(eps * e) @ T).point_costs
+        minus = obj.linearize(Pose.exp(-eps * e) @ T).point_costs
+        both = keep & np.isfinite(plus) & np.isfinite(minus)
+        assert both.sum() == keep.sum()
+        num.append((plus[both].sum() - minus[both].sum()) / (2 * eps))
+    np.testing.assert_allclose(lin.g, num, rtol=2e-3, atol=1e-3 * np.abs(num).max())
+    # the Gauss-Newton Hessian is symmetric positive semi-definite
+    np.testing.assert_allclose(lin.H, lin.H.T, atol=1e-9 * np.abs(lin.H).max())
+    assert np.linalg.eigvalsh(lin.H).min() > -1e-9 * np.abs(lin.H).max()
+
+
+@pytest.mark.parametrize("offset", [
+    [0.10, -0.05, 0.15, 0.01, -0.015, 0.005],
+    [-0.25, 0.1, -0.3, -0.02, 0.03, 0.01],
+])
+def test_converges_from_small_offsets_on_clean_maps(scene_data, offset):
+    labels_q, points = scene_data
+    levels = _levels(labels_q)
+    T0 = Pose.exp(offset) @ T_QUERY
+    tight = RefineConfig(lm=LMConfig(step_tol=1e-3, cost_rtol=1e-9, max_iterations=100))
+    res = refine(levels, points, T0, tight)
+    assert res.converged and res.failure is None
+    # the cost minimum (reached from the ground truth itself) is within pixel-aliasing of it ...
+    minimum = refine(levels, points, T_QUERY, tight).T_cam_world
+    dt, dr = pose_error(minimum, T_QUERY)
+    assert dt < 0.02 and dr < 0.15, (dt, dr)  # 1 px = 0.46 deg at 160x120
+    # ... and a start 0.2-0.4 m, 2-4 deg off lands on it
+    dt, dr = pose_error(res.T_cam_world, minimum)
+    assert dt < 1e-3 and dr < 5e-3, (dt, dr)
+    assert res.consistency > 0.85  # the rest sit within half a pixel of a label boundary
+    assert len(res.costs) == len(levels) and all(len(c) >= 1 for c in res.costs)
+    # the K-dimensional baseline on the same core lands on the same pose
+    dt_b, dr_b = pose_error(refine_direct(levels, points, T0, tight).T_cam_world, res.T_cam_world)
+    assert dt_b < 1e-3 and dr_b < 1e-2
+
+
+def test_quantized_maps_converge(scene_data):
+    labels_q, points = scene_data
+    levels = _levels(labels_q, quantize=True)
+    assert levels[0].probs.dtype == np.uint8
+    res = refine(levels, points, Pose.exp([0.1, 0.05, -0.1, 0.01, 0.01, 0.0]) @ T_QUERY)
+    dt, dr = pose_error(res.T_cam_world, T_QUERY)
+    assert res.converged and dt < 0.02 and dr < 0.15
+
+
+def test_covariance_shrinks_with_more_points(scene_data):
+    labels_q, points = scene_data
+    levels = _levels(labels_q)
+    traces = []
+    for n in (300, 3000):
+        sub = LabeledPoints(points.xyz[:n], points.labels[:n])
+        cov = refine(levels, sub, T_QUERY).covariance
+        assert cov.shape == (6, 6) and np.all(np.isfinite(cov))
+        np.testing.assert_allclose(cov, cov.T, atol=1e-12 + 1e-9 * np.abs(cov).max())
+        assert np.linalg.eigvalsh(cov).min() > 0
+        traces.append(np.trace(cov[:3, :3]) + np.trace(cov[3:, 3:]))
+    assert traces[1] < 0.5 * traces[0]
+
+
+def test_points_behind_or_outside_are_ignored(scene_data):
+    labels_q, points = scene_data
+    levels = _levels(labels_q)
+    T0 = Pose.exp([0.1, -0.05, 0.1, 0.01, 0.0, 0.005]) @ T_QUERY
+    every_point = RefineConfig(points_per_pixel=100.0)  # no per-level subsampling
+    base = refine(levels, points, T0, every_point)
+    rng = np.random.default_rng(5)
+    T_wq = T_QUERY.inv()
+    behind = T_wq.transform(np.c_[rng.uniform(-2, 2, (200, 2)), rng.uniform(-10, -0.5, 200)])
+    outside = T_wq.transform(np.c_[rng.uniform(30, 60, (200, 1)), rng.uniform(-1, 1, (200, 1)),
+                                   rng.uniform(1, 5, (200, 1))])
+    on_plane = T_wq.transform(np.c_[rng.uniform(-1, 1, (20, 2)), np.zeros(20)])  # z = 0 exactly
+    extra = np.concatenate([behind, outside, on_plane])
+    more = LabeledPoints(np.concatenate([points.xyz, extra]),
+                         np.concatenate([points.labels, rng.integers(0, K, len(extra))]))
+    res = refine(levels, more, T0, every_point)
+    assert res.num_valid == base.num_valid
+    assert pose_error(res.T_cam_world, base.T_cam_world)[0] < 1e-6
+
+
+def test_too_few_points_is_a_reported_failure(scene_data):
+    labels_q, points = scene_data
+    res = refine(_levels(labels_q), LabeledPoints(points.xyz[:5], points.labels[:5]), T_QUERY)
+    assert not res.converged and res.failure == "too_few_points"
+
+
+def test_garbage_input_raises_clear_errors(scene_data):
+    labels_q, points = scene_data
+    levels = _levels(labels_q)
+    with pytest.raises(InputError, match="finite Pose"):
+        refine(levels, points, Pose(np.eye(3), [np.nan, 0, 0]))
+    with pytest.raises(InputError, match="non-empty"):
+        refine(levels, LabeledPoints(np.zeros((0, 3)), np.zeros(0, int)), T_QUERY)
+    with pytest.raises(InputError, match="NaN"):
+        refine(levels, LabeledPoints(np.full((3, 3), np.nan), np.zeros(3, int)), T_QUERY)
+    with pytest.raises(InputError, match=r"labels must lie in \[0, 20\)"):
+        refine(levels, LabeledPoints(points.xyz, points.labels + K), T_QUERY)
+    with pytest.raises(InputError, match="integers"):
+        refine(levels, LabeledPoints(points.xyz, points.labels.astype(float)), T_QUERY)
+    bad_k = list(levels)
+    bad_k[1] = LevelInput(levels[1].probs[:-1], None, levels[1].camera)
+    with pytest.raises(InputError, match="differs from level 0"):
+        refine(bad_k, points, T_QUERY)
+    bad_dtype = [dataclasses.replace(levels[0], probs=levels[0].probs.astype(np.float64))]
+    with pytest.raises(InputError, match="float32 or uint8"):
+        refine(bad_dtype, points, T_QUERY)
+    with pytest.raises(InputError, match="camera is 160x120 but the maps are 40x30"):
+        refine([dataclasses.replace(levels[0], camera=CAM)], points, T_QUERY)
+    with pytest.raises(InputError, match="reductions must be float32"):
+        refine([dataclasses.replace(levels[0], reductions=levels[0].reductions[:2])], points, T_QUERY)
+    with pytest.raises(InputError, match="at least one level"):
+        refine([], points, T_QUERY)
+    with pytest.raises(InputError, match="weights"):
+        refine(levels, LabeledPoints(points.xyz, points.labels, -np.ones(len(points.labels))), T_QUERY)
