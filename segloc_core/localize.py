@@ -17,13 +17,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from segloc_core.geometry import Pose
 from segloc_core.map_format import LabeledMap
 from segloc_core.refine import LabeledPoints, LevelInput, RefineConfig, RefineResult, refine
+
+if TYPE_CHECKING:
+    from segloc_core.query_sets import QueryImage
+    from segloc_core.retrieval import RetrievalConfig
 
 
 class State(Enum):
@@ -168,3 +172,62 @@ class Localizer:
         assert self.last is not None, "propagate() needs an accepted fix first"
         motion = T_camprev_camnew or Pose.identity()
         return (self.last.T_cam_world.inv() @ motion).inv()
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """One query image localized without tracking: the retrieval prior (PA) and the fix (PR)."""
+
+    name: str
+    T_cam_world_prior: Pose | None
+    fix: Fix | None
+    segment_ms: float
+    retrieve_ms: float
+    refine_ms: float
+    error: str = ""          # why the image was skipped (unreadable, bad size, ...)
+
+
+def localize_queries(queries: Sequence["QueryImage"], segmenter, labeled_map: LabeledMap,
+                     retrieval: "RetrievalConfig | None" = None,
+                     config: LocalizerConfig = LocalizerConfig(),
+                     progress: bool = True) -> list[QueryResult]:
+    """Localize independent query images (no tracking: each starts from retrieval)."""
+    import dataclasses
+    import time
+
+    import cv2
+    from tqdm import tqdm
+
+    from segloc_core.errors import InputError
+    from segloc_core.retrieval import RetrievalConfig, Retriever
+
+    if segmenter.K != labeled_map.meta.K or segmenter.model_hash != labeled_map.meta.model_hash:
+        raise InputError(f"model {segmenter.model_hash} (K={segmenter.K}) is not the one that "
+                         f"labelled the map ({labeled_map.meta.model_hash}, K={labeled_map.meta.K})")
+    retriever = Retriever(labeled_map, retrieval or RetrievalConfig())
+    localizer = Localizer(labeled_map, dataclasses.replace(config, tracking=False))
+    out = []
+    for query in tqdm(queries, desc="localize", unit="img", disable=not progress):
+        bgr = cv2.imread(str(query.image_path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            out.append(QueryResult(query.name, None, None, 0.0, 0.0, 0.0,
+                                   f"cannot read image {query.image_path}"))
+            continue
+        t0 = time.perf_counter()
+        try:
+            seg = segmenter.segment(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        except InputError as exc:
+            out.append(QueryResult(query.name, None, None, 0.0, 0.0, 0.0, str(exc)))
+            continue
+        t1 = time.perf_counter()
+        prior = retriever.prior(seg.descriptor)
+        t2 = time.perf_counter()
+        levels = [LevelInput(lv.probs, lv.reductions, segmenter.level_camera(query.camera, i))
+                  for i, lv in enumerate(seg.levels)]
+        localizer.state = State.UNINITIALIZED  # independent queries
+        fix = localizer.localize(levels, prior.T_cam_world, PriorSource.RETRIEVAL,
+                                 prior.retrieved.image_ids)
+        t3 = time.perf_counter()
+        out.append(QueryResult(query.name, prior.T_cam_world, fix, (t1 - t0) * 1e3,
+                               (t2 - t1) * 1e3, (t3 - t2) * 1e3))
+    return out
