@@ -187,7 +187,8 @@ def test_odometry_drifts_but_follows(tiny):
 
 
 def test_bag_reads_back(tiny, tmp_path):
-    from mcap_ros2.reader import read_ros2_messages
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
     from rosbags.interfaces import QosDurability
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
@@ -235,11 +236,13 @@ def test_bag_reads_back(tiny, tmp_path):
     # independent reader
     mcap_file = next(Path(out).glob("*.mcap"))
     seen = {}
-    for m in read_ros2_messages(str(mcap_file)):
-        seen[m.channel.topic] = seen.get(m.channel.topic, 0) + 1
-        if m.channel.topic == "/camera/image_raw":
-            st = m.ros_msg.header.stamp
-            assert st.sec * 10**9 + st.nanosec == m.log_time_ns
+    with open(mcap_file, "rb") as f:
+        for _, channel, message, ros_msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
+            seen[channel.topic] = seen.get(channel.topic, 0) + 1
+            if channel.topic == "/camera/image_raw":
+                st = ros_msg.header.stamp
+                assert st.sec * 10**9 + st.nanosec == message.log_time
+                assert ros_msg.encoding == "rgb8" and len(ros_msg.data) == 3 * ros_msg.width * ros_msg.height
     assert seen == counts
 
 

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 DEPTH_SCALE_MM = 1000.0
 _T0_NS = 1_750_000_000 * 10**9
+_RENDER_SOURCES = ("scene.py", "render.py", "conditions.py", "trajectory.py", "materials.py")
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,13 @@ class WorldConfig:
         return cls(**d)
 
     def hash(self) -> str:
-        blob = json.dumps({"format": FORMAT_VERSION, "config": self.to_json()}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """Config, dataset format and the code that draws the world (scene, shaders, conditions,
+        trajectories): a cached render is reused only if all of them are unchanged."""
+        h = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "config": self.to_json()}, sort_keys=True).encode())
+        here = Path(__file__).resolve().parent
+        for name in _RENDER_SOURCES:
+            h.update((here / name).read_bytes())
+        return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

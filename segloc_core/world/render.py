@@ -70,12 +70,14 @@ _VS = """
 #version 330
 uniform mat4 u_view;   // T_cam_world
 uniform mat4 u_proj;
+uniform mat4 u_light_tex;  // world -> shadow-map texture coordinates and depth in [0, 1]
 in vec3 in_pos; in vec3 in_nrm; in vec2 in_uv; in float in_param; in float in_param2;
-out vec3 v_world; out vec3 v_nrm; out vec2 v_uv; out float v_zcam;
+out vec3 v_world; out vec3 v_nrm; out vec2 v_uv; out float v_zcam; out vec3 v_light;
 flat out float v_param; flat out float v_param2;
 void main() {
   vec4 pc = u_view * vec4(in_pos, 1.0);
   v_world = in_pos; v_nrm = in_nrm; v_uv = in_uv; v_zcam = pc.z;
+  v_light = (u_light_tex * vec4(in_pos + in_nrm * 0.06, 1.0)).xyz;  // normal offset against acne
   v_param = in_param; v_param2 = in_param2;
   gl_Position = u_proj * pc;
 }
@@ -83,7 +85,8 @@ void main() {
 
 _FS = """
 #version 330
-in vec3 v_world; in vec3 v_nrm; in vec2 v_uv; in float v_zcam;
+in vec3 v_world; in vec3 v_nrm; in vec2 v_uv; in float v_zcam; in vec3 v_light;
+uniform sampler2DShadow u_shadow;
 flat in float v_param; flat in float v_param2;
 layout(location = 0) out vec4 o_rgb;
 layout(location = 1) out float o_depth;
@@ -213,7 +216,8 @@ void main() {
   float ndl = max(dot(N, u_sun_dir), 0.0);
   vec3 amb = mix(u_amb_ground, u_amb_sky, N.z * 0.5 + 0.5);
   float ao = mix(1.0, 0.55 + 0.45 * smoothstep(0.0, 1.5, v_world.z), 1.0 - abs(N.z));
-  vec3 light = u_sun * ndl + amb * ao;
+  float lit = ndl > 0.0 ? texture(u_shadow, v_light - vec3(0.0, 0.0, 0.0004)) : 0.0;
+  vec3 light = u_sun * ndl * lit + amb * ao;
   // night: street lamps (light pools on road and sidewalk) and the ego vehicle's headlights
   vec3 d = v_world - u_cam_pos;
   float dist = length(d);
@@ -237,6 +241,40 @@ void main() {
   o_id = id;
 }
 """
+
+_SHADOW_VS = """
+#version 330
+uniform mat4 u_light_clip;
+in vec3 in_pos;
+void main() { gl_Position = u_light_clip * vec4(in_pos, 1.0); }
+"""
+
+_SHADOW_FS = """
+#version 330
+void main() {}
+"""
+
+SHADOW_MAP_PX = 2048
+
+
+def sun_matrices(sun_dir: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Orthographic light projection covering the world box [lo, hi] (3,) seen from the sun:
+    (clip-from-world for the shadow pass, texture-from-world for the lookup)."""
+    f = -np.asarray(sun_dir, np.float64)
+    f /= np.linalg.norm(f)
+    r = np.cross(f, [0.0, 0.0, 1.0])
+    r = r / np.linalg.norm(r) if np.linalg.norm(r) > 1e-6 else np.array([1.0, 0.0, 0.0])
+    u = np.cross(r, f)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    B = np.stack([r, u, f])
+    pc = corners @ B.T
+    mn, mx = pc.min(0), pc.max(0)
+    S = np.eye(4)
+    S[:3, :3] = np.diag(2.0 / (mx - mn)) @ B
+    S[:3, 3] = -(mx + mn) / (mx - mn)
+    bias = np.array([[0.5, 0, 0, 0.5], [0, 0.5, 0, 0.5], [0, 0, 0.5, 0.5], [0, 0, 0, 1.0]])
+    return S, bias @ S
+
 
 _SKY_VS = """
 #version 330
@@ -316,6 +354,22 @@ class Renderer:
         self.zbuf = ctx.depth_renderbuffer((width, height))
         self.fbo = ctx.framebuffer([self.color, self.depth, self.ids], self.zbuf)
         self._set_all("u_lamp_spacing", scene.lamp_spacing_m)
+        # sun shadows: one depth map per (condition, movable objects), rendered lazily
+        self.shadow_prog = ctx.program(vertex_shader=_SHADOW_VS, fragment_shader=_SHADOW_FS)
+        self.shadow_tex = ctx.depth_texture((SHADOW_MAP_PX, SHADOW_MAP_PX))
+        self.shadow_tex.compare_func = "<="
+        self.shadow_tex.repeat_x = self.shadow_tex.repeat_y = False
+        self.shadow_tex.filter = (moderngl.NEAREST, moderngl.NEAREST)  # one fetch: llvmpipe samples in software
+        self.shadow_fbo = ctx.framebuffer(depth_attachment=self.shadow_tex)
+        self._set_all("u_shadow", 0)
+        mats = scene.vertices[:, 8].round().astype(int)
+        self._shadow_static = self._shadow_vao(scene.vertices[(mats != M.FOLIAGE) & (mats != M.LAWN)])
+        self._shadow_crowns = self._shadow_vao(scene.vertices[mats == M.FOLIAGE])
+        self._shadow_dynamic = None
+        xy = scene.centerline.xy
+        self._shadow_box = (np.array([*(xy.min(0) - 45.0), 0.0]), np.array([*(xy.max(0) + 45.0), 30.0]))
+        self._condition: Condition | None = None
+        self._shadow_dirty = True
 
     def _set_all(self, name: str, value, raw: bytes | None = None) -> None:
         """Set a uniform on every surface program that uses it (unused ones are compiled out)."""
@@ -347,6 +401,12 @@ class Renderer:
             out[int(m)] = self.ctx.vertex_array(prog, [(vbo, " ".join(fmt), *names)])
         return out
 
+    def _shadow_vao(self, vertices: np.ndarray):
+        if len(vertices) == 0:
+            return None
+        vbo = self.ctx.buffer(np.ascontiguousarray(vertices, np.float32).tobytes())
+        return self.ctx.vertex_array(self.shadow_prog, [(vbo, f"3f {4 * (VERTEX_FLOATS - 3)}x", "in_pos")])
+
     def set_dynamic(self, vertices: np.ndarray) -> None:
         """Replace the movable objects (parked cars, bins) of the current traversal."""
         if vertices.ndim != 2 or vertices.shape[1] != VERTEX_FLOATS:
@@ -354,8 +414,34 @@ class Renderer:
         for vao in self._dynamic.values():
             vao.release()
         self._dynamic = self._vaos(vertices)
+        if self._shadow_dynamic is not None:
+            self._shadow_dynamic.release()
+        self._shadow_dynamic = self._shadow_vao(vertices)
+        self._shadow_dirty = True
+
+    def _render_shadow_map(self) -> None:
+        """Depth of the scene seen from the sun (bare winter crowns cast no shadow)."""
+        c = self._condition
+        clip, tex = sun_matrices(c.sun_dir(), *self._shadow_box)
+        self.shadow_prog["u_light_clip"].write(clip.T.astype("f4").tobytes())
+        self._set_all("u_light_tex", None, tex.T.astype("f4").tobytes())
+        ctx = self.ctx
+        self.shadow_fbo.use()
+        ctx.viewport = (0, 0, SHADOW_MAP_PX, SHADOW_MAP_PX)
+        ctx.enable(ctx.DEPTH_TEST)
+        ctx.depth_func = "<"
+        self.shadow_fbo.clear(depth=1.0)
+        ctx.polygon_offset = (2.0, 4.0)
+        vaos = [self._shadow_static, self._shadow_dynamic] + ([] if c.bare_trees else [self._shadow_crowns])
+        for vao in vaos:
+            if vao is not None:
+                vao.render()
+        ctx.polygon_offset = (0.0, 0.0)
+        self._shadow_dirty = False
 
     def set_condition(self, c: Condition) -> None:
+        self._condition = c
+        self._shadow_dirty = True
         sun = tuple(c.sun_dir())
         common = {"u_sun_dir": sun, "u_exposure": c.exposure, "u_noise": c.noise_sigma, "u_night": c.night}
         surface = {"u_sun": c.sun_rgb, "u_amb_sky": c.sky_ambient_rgb, "u_amb_ground": c.ground_ambient_rgb,
@@ -374,6 +460,10 @@ class Renderer:
                frame_seed: float = 0.0) -> RenderedFrame:
         """Render one frame. T_cam_world: (4,4) world->camera (OpenCV optical frame);
         intrinsics: PINHOLE (fx, fy, cx, cy) in COLMAP pixel convention."""
+        if self._condition is None:
+            raise ValueError("call set_condition before render")
+        if self._shadow_dirty:
+            self._render_shadow_map()
         fx, fy, cx, cy = intrinsics
         w, h = self.width, self.height
         T = np.asarray(T_cam_world, np.float64)
@@ -398,6 +488,7 @@ class Renderer:
         ctx.disable(ctx.CULL_FACE)
         ctx.depth_func = "<="
         self.fbo.clear(depth=1.0)
+        self.shadow_tex.use(location=0)
         for m in DRAW_ORDER:
             for vaos in (self._static, self._dynamic):
                 if m in vaos:
