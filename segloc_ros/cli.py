@@ -10,6 +10,7 @@ from segloc_core import cli as core_cli
 COMMANDS = {
     **core_cli.COMMANDS,
     "launch": ("segloc_ros.launcher", "start the localization node graph (pip-only `ros2 launch`)"),
+    "bag": ("segloc_ros.bag", "play a rosbag2 into the graph (MCAP/sqlite3) or record topics to MCAP"),
 }
 BENCHES = {**core_cli.BENCHES}
 
