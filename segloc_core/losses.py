@@ -29,14 +29,15 @@ def prototypes(head_weight: torch.Tensor) -> torch.Tensor:
     return F.normalize(head_weight.flatten(1), dim=1)
 
 
-def flat_pixels(x: torch.Tensor, max_pixels: int | None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B,C,h,w) -> (N,C) pixels, a random subset of at most max_pixels per image (speed)."""
+def sample_pixels(x: torch.Tensor, max_pixels: int | None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,C,h,w) -> (B*n,C): the same random n <= max_pixels pixels of every image (gathered, no
+    full-size copy), image-major so the first half of the rows comes from the first half of the batch."""
     b, c, h, w = x.shape
-    flat = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+    flat = x.flatten(2)
     if max_pixels is not None and h * w > max_pixels:
         idx = torch.randperm(h * w, generator=generator)[:max_pixels].to(x.device)
-        flat = flat[:, idx]
-    return flat.reshape(-1, c)
+        flat = flat.index_select(2, idx)
+    return flat.transpose(1, 2).reshape(-1, c)
 
 
 def target_update(probs: torch.Tensor) -> torch.Tensor:

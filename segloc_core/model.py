@@ -81,10 +81,11 @@ class ModelConfig:
 
 
 class LevelOutput(NamedTuple):
-    """One decoder level in training: L2-normalised features (B,D,h,w) and head logits (B,K,h,w)."""
+    """One decoder level: L2-normalised features (B,D,h,w) and head logits (B,K,h,w), or None when
+    the forward pass was asked for features only (training applies the heads at sampled pixels)."""
 
     features: torch.Tensor
-    logits: torch.Tensor
+    logits: torch.Tensor | None
 
 
 class NetworkOutput(NamedTuple):
@@ -169,16 +170,21 @@ class GPO(nn.Module):
 def reduce_over_classes(probs: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
     """Torch twin of `segloc_core.reductions.level_reductions` on a batch: (B,K,h,w) -> (B,C,h,w).
 
-    Same definitions (central differences on the edge-replicated map, per-pixel units)."""
-    pad = F.pad(probs, (1, 1, 1, 1), mode="replicate")
-    gu = (pad[:, :, 1:-1, 2:] - pad[:, :, 1:-1, :-2]) * 0.5
-    gv = (pad[:, :, 2:, 1:-1] - pad[:, :, :-2, 1:-1]) * 0.5
+    Same definitions: inner products over K of a pixel's probability vector with itself or with a
+    neighbour (0 where the neighbour is outside the map), and the max over K."""
+    h, w = probs.shape[-2:]
+    pad = F.pad(probs, (1, 1, 1, 1))  # zeros: out-of-image neighbours contribute 0
+
+    def dot(di: int, dj: int) -> torch.Tensor:
+        return (probs * pad[:, :, 1 + di:1 + di + h, 1 + dj:1 + dj + w]).sum(dim=1, keepdim=True)
+
     known = {
         "sum_sq": lambda: (probs * probs).sum(dim=1, keepdim=True),
         "max_prob": lambda: probs.max(dim=1, keepdim=True).values,
-        "grad_uu": lambda: (gu * gu).sum(dim=1, keepdim=True),
-        "grad_uv": lambda: (gu * gv).sum(dim=1, keepdim=True),
-        "grad_vv": lambda: (gv * gv).sum(dim=1, keepdim=True),
+        "dot_right": lambda: dot(0, 1),
+        "dot_down": lambda: dot(1, 0),
+        "dot_down_right": lambda: dot(1, 1),
+        "dot_down_left": lambda: dot(1, -1),
     }
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -218,8 +224,16 @@ class SegLocNet(nn.Module):
         self.heads = nn.ModuleList([nn.Conv2d(d, k, 1) for _ in range(4)])
         self.gpo = GPO(config.gpo_grid, config.gpo_knots, config.gpo_pool)
 
-    def forward(self, images: torch.Tensor) -> NetworkOutput:
-        """images: (B,3,H,W) float RGB in 0..255, H and W multiples of 16."""
+    def head_logits(self, level: int, features: torch.Tensor) -> torch.Tensor:
+        """Apply level's 1x1 head to features (..., D) -> logits (..., K) (pixels sampled in training)."""
+        head = self.heads[level]
+        return F.linear(features, head.weight.flatten(1), head.bias)
+
+    def forward(self, images: torch.Tensor, dense_logits: bool = True) -> NetworkOutput:
+        """images: (B,3,H,W) float RGB in 0..255, H and W multiples of 16.
+
+        dense_logits=False skips the full-resolution heads except the finest (the descriptor needs
+        it): training evaluates heads only at sampled pixels, which saves most of the K-wide work."""
         x = (images - self.rgb_mean) / self.rgb_std
         s2 = self.stem(x)
         s4 = self.enc4(s2)
@@ -229,12 +243,12 @@ class SegLocNet(nn.Module):
         s32 = s32 + self.context(s32.mean(dim=(2, 3), keepdim=True))
         y = s32
         levels = []
-        for red, lat, block, embed, head, skip in zip(self.reduce, self.laterals, self.blocks, self.embed,
-                                                      self.heads, (s16, s8, s4, s2)):
+        for lv, (red, lat, block, embed, head, skip) in enumerate(zip(
+                self.reduce, self.laterals, self.blocks, self.embed, self.heads, (s16, s8, s4, s2))):
             y = F.interpolate(red(y), size=skip.shape[-2:], mode="bilinear", align_corners=False) + lat(skip)
             y = block(y)
             feats = F.normalize(embed(y), dim=1)
-            levels.append(LevelOutput(feats, head(feats)))
+            levels.append(LevelOutput(feats, head(feats) if dense_logits or lv == 3 else None))
         desc = self.gpo(torch.softmax(levels[-1].logits, dim=1))
         return NetworkOutput(levels, desc)
 

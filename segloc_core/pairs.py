@@ -3,7 +3,7 @@
 SegLoc trains without labels on pairs of images of the same place (other viewpoint, other
 condition) and their 2D-2D correspondences. Three sources give the same `PairSet`:
 - `world_pairs`: the procedural world's exact depth and poses (`segloc_core.world.correspondences`),
-  across conditions; split into train / held-out by location (25 m cells), so held-out metrics
+  across conditions; split into train / held-out by location (20 m cells), so held-out metrics
   are measured on places the network never trained on.
 - `colmap_pairs`: SfM tracks of a pycolmap reconstruction (users' own images): two images that
   observe the same 3D points correspond at those points' 2D observations.
@@ -13,7 +13,6 @@ Pixels follow COLMAP's convention (centre of the top-left pixel at (0.5, 0.5)).
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from tqdm import tqdm
 
 from segloc_core.errors import InputError
 
-SPLIT_CELL_M = 25.0  # side of the square cells that assign places to train / held-out
-HELDOUT_EVERY = 5  # one cell in five is held out
+SPLIT_CELL_M = 20.0  # side of the square cells that assign places to train / held-out
+HELDOUT_EVERY = 5  # one cell in five is held out (a lattice pattern: every row and column alike)
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,10 @@ def resize_image(rgb: np.ndarray, size_wh: tuple[int, int]) -> tuple[np.ndarray,
 
 
 def in_heldout(center_xyz: np.ndarray) -> bool:
-    """Location-based split: a stable hash of the 25 m cell of the camera centre (x, y)."""
-    cell = np.floor(np.asarray(center_xyz[:2]) / SPLIT_CELL_M).astype(np.int64)
-    return zlib.crc32(cell.tobytes()) % HELDOUT_EVERY == 0
+    """Location-based split on the 20 m cell (i, j) of the camera centre (x, y): held out where
+    (i + 2 j) mod 5 == 0, which holds out every fifth cell along any straight road."""
+    i, j = np.floor(np.asarray(center_xyz[:2], dtype=np.float64) / SPLIT_CELL_M).astype(np.int64)
+    return int(i + 2 * j) % HELDOUT_EVERY == 0
 
 
 def _subsample(uv_a: np.ndarray, uv_b: np.ndarray, max_corr: int, rng: np.random.Generator):
@@ -75,7 +75,8 @@ def _subsample(uv_a: np.ndarray, uv_b: np.ndarray, max_corr: int, rng: np.random
 
 def world_pairs(world_dir: Path, size_wh: tuple[int, int], split: str = "train", max_pairs: int = 400,
                 conditions: list[str] | None = None, max_corr: int = 512, min_corr: int = 64,
-                max_dist_m: float = 4.0, max_angle_deg: float = 30.0, seed: int = 0) -> PairSet:
+                max_dist_m: float = 4.0, max_angle_deg: float = 30.0, corr_stride: int = 4,
+                seed: int = 0) -> PairSet:
     """Cross-condition pairs of the rendered world, of one location split ('train' or 'heldout').
 
     Each pair: a random frame of condition A (mapping condition in half of the pairs, so the map's
@@ -93,9 +94,9 @@ def world_pairs(world_dir: Path, size_wh: tuple[int, int], split: str = "train",
     rng = np.random.default_rng(seed)
     frames, centers, axes = {}, {}, {}
     for c in conds:
-        recs = [r for r in ds.frames(c) if in_heldout(r.T_cam_world.inv().t) == (split == "heldout")]
+        recs = [r for r in ds.frames(c) if in_heldout(r.T_world_cam.t) == (split == "heldout")]
         frames[c] = recs
-        Tw = [r.T_cam_world.inv() for r in recs]
+        Tw = [r.T_world_cam for r in recs]
         centers[c] = np.array([T.t for T in Tw]).reshape(-1, 3)
         axes[c] = np.array([T.R[:, 2] for T in Tw]).reshape(-1, 3)
     out = PairSet()
@@ -114,7 +115,7 @@ def world_pairs(world_dir: Path, size_wh: tuple[int, int], split: str = "train",
             if not len(cand):
                 continue
             ra, rb = frames[ca][ia], frames[cb][int(rng.choice(cand))]
-            uv_a, uv_b = correspondences(ds, ra, rb)
+            uv_a, uv_b = correspondences(ds, ra, rb, stride=corr_stride)
             if len(uv_a) < min_corr:
                 continue
             keys = []
@@ -123,7 +124,7 @@ def world_pairs(world_dir: Path, size_wh: tuple[int, int], split: str = "train",
                 if key not in out.images:
                     img, sx, sy = resize_image(ds.rgb(rec), size_wh)
                     out.images[key] = img
-                    out.T_world_cam[key] = rec.T_cam_world.inv().matrix()
+                    out.T_world_cam[key] = rec.T_world_cam.matrix()
                     out.condition[key] = rec.condition
                 keys.append(key)
             sx, sy = size_wh[0] / ra.camera.width, size_wh[1] / ra.camera.height

@@ -207,9 +207,9 @@ def level_features(net: SegLocNet, ps: PairSet, keys: list[str], per_image: int,
     feats: list[list[np.ndarray]] = [[] for _ in range(4)]
     for i in range(0, len(keys), 8):
         x = torch.from_numpy(np.stack([ps.images[k] for k in keys[i:i + 8]])).permute(0, 3, 1, 2).float()
-        out = net(x.to(device))
+        out = net(x.to(device), dense_logits=False)
         for lv, level in enumerate(out.levels):
-            feats[lv].append(L.flat_pixels(level.features, per_image, gen).cpu().numpy())
+            feats[lv].append(L.sample_pixels(level.features, per_image, gen).cpu().numpy())
     return [np.concatenate(f).astype(np.float32) for f in feats]
 
 
@@ -289,7 +289,7 @@ def _step_losses(net: SegLocNet, batch, cfg: TrainConfig, epoch: int, warm_cente
     imgs, uv_a, uv_b, T = batch
     p = uv_a.shape[0]
     size = (cfg.model.input_width, cfg.model.input_height)
-    out = net(photometric_augment(imgs, gen))
+    out = net(photometric_augment(imgs, gen), dense_logits=False)
     w = cfg.loss
     total = torch.zeros((), device=imgs.device)
     logs: dict[str, float] = {}
@@ -300,14 +300,15 @@ def _step_losses(net: SegLocNet, batch, cfg: TrainConfig, epoch: int, warm_cente
         logs[name] = logs.get(name, 0.0) + float(value.detach()) / len(out.levels)
 
     for lv, level in enumerate(out.levels):
-        px = L.flat_pixels(torch.cat([level.logits, level.features], 1), cfg.optim.pixels_per_image, gen)
-        logits_px, feats_px = px[:, :cfg.model.num_classes], px[:, cfg.model.num_classes:]
-        fa = F.normalize(L.sample_points(level.features[:p], uv_a, size), dim=-1)
-        fb = F.normalize(L.sample_points(level.features[p:], uv_b, size), dim=-1)
-        la = L.sample_points(level.logits[:p], uv_a, size).flatten(0, 1)
-        lb = L.sample_points(level.logits[p:], uv_b, size).flatten(0, 1)
+        feats_px = L.sample_pixels(level.features, cfg.optim.pixels_per_image, gen)
+        logits_px = net.head_logits(lv, feats_px)
+        # The head is linear, so head(bilinear sample of F) == bilinear sample of the logits.
+        fa_raw = L.sample_points(level.features[:p], uv_a, size)
+        fb_raw = L.sample_points(level.features[p:], uv_b, size)
+        la, lb = net.head_logits(lv, fa_raw).flatten(0, 1), net.head_logits(lv, fb_raw).flatten(0, 1)
+        fa, fb = F.normalize(fa_raw, dim=-1), F.normalize(fb_raw, dim=-1)
         if fgsn is not None:
-            n_a = feats_px.shape[0] // 2  # flat_pixels keeps image order: first half = reference images
+            n_a = feats_px.shape[0] // 2  # sample_pixels keeps image order: first half = reference images
             add("class", 1.0, L.fgsn_class_loss(logits_px[:n_a], fgsn.labels(lv, feats_px[:n_a])))
             add("corr", 1.0, L.fgsn_corr_loss(la, lb, fgsn.labels(lv, fa.flatten(0, 1))))
             continue
@@ -388,8 +389,9 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
     warm: list[torch.Tensor] = []
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if ck["config"] != cfg.to_dict():
-            raise InputError(f"{ckpt_path} was written with another config; use a fresh --out or the same config")
+        if _without_epochs(ck["config"]) != _without_epochs(cfg.to_dict()):
+            raise InputError(f"{ckpt_path} was written with another config (only optim.epochs may change "
+                             "on resume); use a fresh --out or the same config")
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -456,6 +458,10 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
         _plot(rows, out_dir / "training.png")
     return TrainResult(weights, model_yaml, out_dir / "metrics.json", out_dir / "training.png", seconds,
                        rows[-1] if rows else {})
+
+
+def _without_epochs(d: dict) -> dict:
+    return {**d, "optim": {k: v for k, v in d["optim"].items() if k != "epochs"}}
 
 
 def _write_logs(rows: list[dict], out_dir: Path) -> None:
