@@ -59,7 +59,7 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in (
     Condition("night", 250, -12, (0.0, 0.0, 0.0), (0.02, 0.025, 0.05), (0.012, 0.012, 0.015),
               (0.005, 0.008, 0.02), (0.04, 0.04, 0.07), 0.2,
               ((0.10, 0.30, 0.06), (0.18, 0.36, 0.08)), (0.16, 0.36, 0.08),
-              0.0, 0.0, False, 0.2, 1.0, 3.0, 6.0, 0.002),
+              0.0, 0.0, False, 0.2, 1.0, 2.5, 8.0, 0.002),
 )}
 
 DEFAULT_CONDITIONS: tuple[str, ...] = ("summer", "overcast", "autumn", "winter", "night")

@@ -226,10 +226,10 @@ void main() {
       float k = floor(v_uv.x / u_lamp_spacing + 0.5);
       float side = mod(k, 2.0) < 0.5 ? 1.0 : -1.0;
       vec2 dl = vec2(v_uv.x - k * u_lamp_spacing, v_uv.y - side * 4.0);
-      light += u_night * vec3(1.0, 0.8, 0.55) * 2.2 / (1.0 + 0.12 * dot(dl, dl));
+      light += u_night * vec3(1.0, 0.8, 0.55) * 1.3 / (1.0 + 0.12 * dot(dl, dl));
     }
     float cone = max(dot(d / max(dist, 1e-3), u_cam_fwd), 0.0);
-    light += u_night * vec3(1.0, 0.95, 0.85) * 12.0 * pow(cone, 12.0) / (4.0 + dist * dist) * max(dot(N, -d / max(dist, 1e-3)), 0.0) * 6.0;
+    light += u_night * vec3(1.0, 0.95, 0.85) * 30.0 * pow(cone, 12.0) / (4.0 + dist * dist) * max(dot(N, -d / max(dist, 1e-3)), 0.0);
   }
   vec3 c = alb * light + emit * emit_rgb;
   // glossy surfaces (wet road, glass) pick up the sky at grazing angles

@@ -7,14 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from segloc_core.errors import require
-
-
-def nearest_frame(frames, T_world_cam) -> int:
-    """Index of the frame whose camera centre is nearest to T_world_cam's (facing the same way)."""
-    c = np.array([f.T_world_cam.t for f in frames])
-    fwd = np.array([f.T_world_cam.R[:, 2] for f in frames])
-    d = np.linalg.norm(c - T_world_cam.t, axis=1) + 100.0 * (fwd @ T_world_cam.R[:, 2] < 0.5)
-    return int(np.argmin(d))
+from segloc_core.world.dataset import nearest_frame
 
 
 def write_contact_sheet(ds, out_path: Path, n_places: int = 4) -> Path:
