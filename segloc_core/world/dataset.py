@@ -23,9 +23,11 @@ Timestamps are integer nanoseconds (each traversal on its own day). Poses follow
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +242,19 @@ def render_world(config: WorldConfig = WorldConfig(), out_dir: Path | str | None
 
     Skips the work when `out_dir` already holds a complete render of the same config hash."""
     from segloc_core import paths
+
+    root = Path(out_dir) if out_dir is not None else paths.world_dir("default")
+    root.mkdir(parents=True, exist_ok=True)
+    # one renderer per folder at a time: a concurrent caller waits, then finds the cache complete
+    with open(root / ".render.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _render_locked(config, root, force, progress)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _render_locked(config: WorldConfig, root: Path, force: bool, progress: bool) -> Path:
     from segloc_core.world.render import Renderer
     from segloc_core.world.scene import build_static_scene, dynamic_mesh, dynamic_objects
     from segloc_core.world.sheet import write_contact_sheet
@@ -247,7 +262,6 @@ def render_world(config: WorldConfig = WorldConfig(), out_dir: Path | str | None
 
     tqdm = require("tqdm").tqdm
     cv2 = require("cv2")
-    root = Path(out_dir) if out_dir is not None else paths.world_dir("default")
     meta_path = root / "world.json"
     h = config.hash()
     if not force and meta_path.exists():
@@ -257,7 +271,6 @@ def render_world(config: WorldConfig = WorldConfig(), out_dir: Path | str | None
                 return root
         except ValueError:
             pass
-    root.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)
 
     scene = build_static_scene(config.loop_length_m, config.seed)
@@ -280,6 +293,7 @@ def render_world(config: WorldConfig = WorldConfig(), out_dir: Path | str | None
             t0 = _T0_NS + k * 86_400 * 10**9
             stamps = t0 + np.round(t_frames * 1e9).astype(np.int64)
             folder = root / cond
+            shutil.rmtree(folder, ignore_errors=True)  # no stale frames from an earlier config
             for sub in ("sensors/records_data/cam", "depth", "ids"):
                 (folder / sub).mkdir(parents=True, exist_ok=True)
             renderer.set_condition(CONDITIONS[cond])
