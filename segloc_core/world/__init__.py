@@ -7,6 +7,7 @@ Python API (each callable without the CLI):
   `.rgb/.depth/.ids(rec)`, `.odometry(cond)`, `.T_base_cam`),
 - `correspondences(ds, rec_a, rec_b)` (and `correspondences_from_depth` on arrays),
   `nearest_frame(frames, T_world_cam)` (the same place in another traversal),
+- `WorldRenderer(config).render(condition, T_cam_world)` for views off the traversals,
 - `write_world_bag(ds, condition, out_path)` (rosbag2 MCAP), `write_contact_sheet(ds, png)`,
 - `render_tiny_world(out_dir) -> Path` a few frames at 160x120 under three conditions, for tests,
 - `materials.CLASS_NAMES` the id -> class table of the id maps.
@@ -23,10 +24,10 @@ from pathlib import Path
 
 from segloc_core.world import materials
 from segloc_core.world.conditions import CONDITIONS, DEFAULT_CONDITIONS
-from segloc_core.world.dataset import (FrameRecord, Odometry, WorldConfig, WorldDataset, correspondences,
+from segloc_core.world.dataset import (FrameRecord, Odometry, WorldConfig, WorldDataset, WorldRenderer, correspondences,
                                        correspondences_from_depth, load_world, nearest_frame, render_world)
 
-__all__ = ["CONDITIONS", "DEFAULT_CONDITIONS", "FrameRecord", "Odometry", "WorldConfig", "WorldDataset",
+__all__ = ["CONDITIONS", "DEFAULT_CONDITIONS", "FrameRecord", "Odometry", "WorldConfig", "WorldDataset", "WorldRenderer",
            "configure_bench", "configure_cli", "correspondences", "correspondences_from_depth",
            "load_world", "materials", "nearest_frame", "render_tiny_world", "render_world", "tiny_world_config",
            "write_contact_sheet", "write_world_bag"]

@@ -401,3 +401,44 @@ def correspondences(ds: WorldDataset, rec_a: FrameRecord, rec_b: FrameRecord, st
     return correspondences_from_depth(ds.depth(rec_a), rec_a.camera, rec_a.T_cam_world,
                                       ds.depth(rec_b), rec_b.camera, rec_b.T_cam_world,
                                       stride, tol_abs_m, tol_rel)
+
+
+class WorldRenderer:
+    """Render arbitrary views of a world (novel poses, other cameras) with the same scene,
+    conditions and movable objects as `render_world` uses for `config`. Holds a GL context:
+    call `close()` (or use it as a context manager)."""
+
+    def __init__(self, config: WorldConfig, camera: Camera | None = None) -> None:
+        from segloc_core.world.render import Renderer
+        from segloc_core.world.scene import build_static_scene
+
+        self.config = config
+        self.camera = camera or config.camera()
+        if self.camera.model != "PINHOLE":
+            raise InputError(f"the renderer draws PINHOLE cameras only, got {self.camera.model}")
+        self._scene = build_static_scene(config.loop_length_m, config.seed)
+        self._renderer = Renderer(self._scene, self.camera.width, self.camera.height)
+        self._condition: str | None = None
+
+    def render(self, condition: str, T_cam_world: Pose):
+        """RenderedFrame(rgb (H,W,3) uint8, depth (H,W) float32 metres, ids (H,W) uint16)."""
+        from segloc_core.world.scene import dynamic_mesh, dynamic_objects
+
+        if condition != self._condition:
+            if condition not in self.config.conditions:
+                raise InputError(f"condition {condition!r} not in {self.config.conditions}")
+            k = self.config.conditions.index(condition)
+            self._renderer.set_condition(CONDITIONS[condition])
+            is_map = condition == self.config.mapping_condition
+            self._renderer.set_dynamic(dynamic_mesh(self._scene, dynamic_objects(self._scene, self.config.seed, k, is_map)))
+            self._condition = condition
+        return self._renderer.render(T_cam_world.matrix(), tuple(self.camera.params))
+
+    def close(self) -> None:
+        self._renderer.release()
+
+    def __enter__(self) -> WorldRenderer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
