@@ -1,0 +1,184 @@
+"""Export and inference backends: ONNX parity, bad input, mismatched model files, metrics, shipped model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from segloc_core.errors import DependencyError, InputError
+from segloc_core.export import export_model, parity
+from segloc_core.geometry import Camera
+from segloc_core.infer import (OrtSegmenter, TorchSegmenter, available_backends, bench_segment, load_segmenter,
+                               model_files, prepare_image, tensorrt_available)
+from segloc_core.model import ModelConfig, SegLocNet
+from segloc_core.paths import default_model_path
+from segloc_core.reductions import REDUCTION_NAMES, level_reductions
+from segloc_core import seg_metrics
+
+SMALL = ModelConfig(num_classes=10, width=0.5, feature_dim=8, input_width=64, input_height=48)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """A random small network exported to <tmp>/m.onnx (+ .yaml, .pt)."""
+    d = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    net = SegLocNet(SMALL)
+    with torch.no_grad():  # sharper heads than at init, so parity is tested on peaked maps too
+        for h in net.heads:
+            h.weight.mul_(20)
+    torch.save(net.state_dict(), d / "w.pt")
+    (d / "w.yaml").write_text(yaml.safe_dump({"model": SMALL.to_dict()}))
+    return export_model(d / "w.pt", d / "w.yaml", d / "m.onnx", check=False)
+
+
+def test_onnx_matches_pytorch(small_model):
+    assert parity(small_model) < 1e-3
+    img = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    a = OrtSegmenter(model_files(small_model)).segment(img)
+    b = TorchSegmenter(model_files(small_model)).segment(img)
+    assert np.abs(a.descriptor - b.descriptor).max() < 1e-3
+    assert a.model_hash != b.model_hash  # hash of the file each backend actually runs
+    for lv, (la, lb) in enumerate(zip(a.levels, b.levels)):
+        assert la.probs.shape == (10, 48 // SMALL.strides[lv], 64 // SMALL.strides[lv])
+        assert np.abs(la.reductions - lb.reductions).max() < 1e-3
+        # the graph's reductions are the refiner's reference function on the graph's own probabilities
+        assert la.reductions.shape[0] == len(REDUCTION_NAMES)
+        assert np.allclose(la.reductions, level_reductions(la.probs), atol=1e-5)
+
+
+def test_dynamic_size_export_runs_at_other_sizes(small_model, tmp_path):
+    import onnxruntime as ort
+
+    files = model_files(small_model)
+    out = export_model(files.weights, files.config_yaml, tmp_path / "dyn.onnx", dynamic=True, check=False)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    net = SegLocNet(SMALL).eval()
+    net.load_state_dict(torch.load(files.weights, weights_only=True))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 3, 96, 128)).astype(np.float32)
+    probs = sess.run(["probs_3"], {"image": x})[0]
+    with torch.no_grad():
+        ref = torch.softmax(net(torch.from_numpy(x)).levels[3].logits, 1).numpy()
+    assert probs.shape == (2, 10, 48, 64) and np.abs(probs - ref).max() < 1e-3
+
+
+def test_input_conversion_and_rejection():
+    rgb = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    assert prepare_image(rgb, (64, 48)).shape == (48, 64, 3)
+    assert prepare_image(rgb[:, :, 0], (64, 48)).shape == (48, 64, 3)  # gray
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    assert np.array_equal(prepare_image(rgba, (128, 96)), rgb)
+    assert np.array_equal(prepare_image(rgb / 255.0, (128, 96)), rgb)  # float in [0, 1]
+    assert np.array_equal(prepare_image(rgb.astype(np.uint16) << 8, (128, 96)), rgb)
+    for bad, msg in ((rgb.astype(np.float32), r"\[0, 1\]"), (rgb.astype(np.int32), "dtype"),
+                     (np.zeros((4, 4, 3), np.uint8), "shape"), (np.zeros((10, 10, 5), np.uint8), "shape"),
+                     ([[1, 2]], "numpy")):
+        with pytest.raises(InputError, match=msg):
+            prepare_image(bad, (64, 48))
+
+
+def test_mismatched_model_files_are_refused(small_model, tmp_path):
+    files = model_files(small_model)
+    doc = yaml.safe_load(files.config_yaml.read_text())
+    for key, value in (("num_classes", 11), ("input_width", 80)):
+        stem = tmp_path / key
+        stem.with_suffix(".onnx").write_bytes(files.onnx.read_bytes())
+        stem.with_suffix(".pt").write_bytes(files.weights.read_bytes())
+        stem.with_suffix(".yaml").write_text(yaml.safe_dump({**doc, "model": {**doc["model"], key: value}}))
+        with pytest.raises(InputError, match="does not match|do not match"):
+            load_segmenter(stem.with_suffix(".onnx"), "onnxruntime")
+        if key == "num_classes":
+            with pytest.raises(InputError, match="do not match"):
+                load_segmenter(stem.with_suffix(".onnx"), "torch")
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    (tmp_path / "junk.yaml").write_text(files.config_yaml.read_text())
+    with pytest.raises(InputError, match="not a loadable ONNX"):
+        load_segmenter(tmp_path / "junk.onnx", "onnxruntime")
+    with pytest.raises(InputError, match="not found"):
+        load_segmenter(tmp_path / "missing.onnx")
+    with pytest.raises(InputError, match="unknown backend"):
+        load_segmenter(small_model, "cuda")
+
+
+def test_segmenter_api_batches_and_level_cameras(small_model):
+    seg = load_segmenter(small_model)  # auto
+    assert seg.backend == available_backends()[0] and seg.K == 10 and seg.input_size == (64, 48)
+    imgs = [np.full((96, 128, 3), v, np.uint8) for v in (10, 120, 250)]
+    results = list(seg.segment_batch(imgs, batch_size=2, progress=False))
+    assert len(results) == 3 and results[0].descriptor.shape == (90,)
+    single = seg.segment(imgs[2])
+    assert np.allclose(single.levels[1].probs, results[2].levels[1].probs, atol=1e-5)
+    cam = Camera("PINHOLE", 128, 96, np.array([100.0, 100.0, 64.0, 48.0]))
+    c3 = seg.level_camera(cam, 3)
+    assert (c3.width, c3.height) == results[0].levels[3].probs.shape[:0:-1] == (32, 24)
+    assert np.allclose(c3.params, [25.0, 25.0, 16.0, 12.0])
+
+
+def test_tensorrt_backend():
+    ok, why = tensorrt_available()
+    if not ok:
+        pytest.skip(f"TensorRT backend not testable here: {why}")
+    files = model_files(default_model_path())
+    img = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    a = load_segmenter(files.onnx, "tensorrt").segment(img)
+    b = load_segmenter(files.onnx, "onnxruntime").segment(img)
+    assert max(np.abs(x.probs - y.probs).max() for x, y in zip(a.levels, b.levels)) < 2e-2  # FP16
+
+
+def test_tensorrt_unavailable_is_a_dependency_error(small_model):
+    if tensorrt_available()[0]:
+        pytest.skip("TensorRT is available here")
+    with pytest.raises(DependencyError, match="tensorrt"):
+        load_segmenter(small_model, "tensorrt")
+
+
+def test_bench_reports_every_backend(small_model, capsys):
+    res = bench_segment(small_model, sizes=((64, 48), (128, 96)), repeats=1, threads=1)
+    assert set(res["sizes"]) == {"64x48", "128x96"}
+    for row in res["sizes"].values():
+        assert all(row[b] > 0 for b in available_backends())
+
+
+def test_retrieval_metrics_helpers():
+    T = np.tile(np.eye(4), (3, 1, 1))
+    T[1, 0, 3] = 3.0
+    T[2, 0, 3] = 30.0
+    ok = seg_metrics.pose_correct(T[:1], T)
+    assert ok.tolist() == [[True, True, False]]
+    q = np.array([[1.0, 0.0]])
+    db = np.array([[0.0, 1.0], [0.8, 0.6], [1.0, 0.0]])
+    assert seg_metrics.recall_at(q, db, np.array([[False, True, False]])) == {"r@1": 0.0, "r@5": 1.0}
+    p = np.zeros((4, 2, 2), np.float32)
+    p[1] = 1
+    h = seg_metrics.class_histogram(p)
+    assert np.allclose(h, [0, 1, 0, 0])
+    t = seg_metrics.tiny_image(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    assert t.shape == (16 * 12 * 3,) and abs(np.linalg.norm(t) - 1) < 1e-5
+
+
+def test_label_consistency_on_pairs(small_model):
+    from segloc_core.pairs import synthetic_pairs
+
+    ps = synthetic_pairs(3, (64, 48), 40, seed=0)
+    by_pair, overall, entropy = seg_metrics.label_consistency(load_segmenter(small_model, "onnxruntime"), ps)
+    assert list(by_pair) == ["a|b"] and len(overall) == 4
+    assert all(0 <= v <= 1 for v in overall) and all(0 <= v <= 1 for v in entropy)
+
+
+def test_shipped_model():
+    path = default_model_path()
+    if not path.is_file():
+        pytest.skip(f"no shipped model at {path} yet")
+    files = model_files(path)
+    assert files.config.num_classes == 100 and (files.config.input_width, files.config.input_height) == (320, 240)
+    assert sum(p.stat().st_size for p in (files.onnx, files.weights, files.config_yaml)) <= 10e6
+    seg = load_segmenter(path, "onnxruntime")
+    res = seg.segment(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    assert [lv.probs.shape for lv in res.levels] == [(100, 15, 20), (100, 30, 40), (100, 60, 80), (100, 120, 160)]
+    assert res.descriptor.shape == (900,)
+    metrics = json.loads((path.parent / "segloc_default_metrics.json").read_text())
+    assert metrics["model_hash"] == seg.model_hash  # the reported metrics belong to this file
