@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from segloc_core.errors import CheckFailed, InputError
+from segloc_core.evaluate import Report
 from segloc_core.geometry import Pose
 
 READY_TIMEOUT_S = 180.0
@@ -204,3 +205,75 @@ def read_bag_ground_truth(bag: Path, topic: str = "/ground_truth/pose") -> tuple
     if T_base_cam is None:
         raise InputError(f"bag {bag} has no base_link -> camera transform on /tf_static")
     return np.array(stamps, np.int64), poses, T_base_cam
+
+
+def evaluate_bags(bags: list[Path], map_path: Path, model_path: Path | None, out_dir: Path,
+                  rate: float = 1.0, ground_truth: Path | None = None,
+                  launch_args: dict[str, str] | None = None) -> Report:
+    """Replay each bag through the graph and report PA and PR per bag (condition) and overall."""
+    from segloc_core import trajectory_metrics as tm
+    from segloc_core.evaluate import PA, PR, write_report
+    from segloc_core.map_format import size_report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = out_dir / "eval_params.yaml"   # score the prior on every frame, not only when lost
+    params.write_text("/**/retrieval_node:\n  ros__parameters:\n    retrieve_while_tracking: true\n")
+    gt_stamps, gt_poses, labels, est = [], [], [], {PA: {}, PR: {}}
+    latency, rss = [], {}
+    for bag in bags:
+        stamps, poses, T_base_cam = read_bag_ground_truth(bag)
+        if ground_truth is not None:
+            is_kapture = ground_truth.read_text(errors="replace").startswith("# kapture")
+            gt = tm.read_kapture_trajectory(ground_truth) if is_kapture else tm.read_tum(ground_truth)
+            stamps, poses = gt.stamps_ns, gt.poses()
+        rec = replay(bag, map_path, model_path, rate=rate,
+                     launch_args={"params_file": str(params), **(launch_args or {})},
+                     log_path=out_dir / f"{bag.name}.graph.log")
+        gt_stamps += list(stamps)
+        gt_poses += list(poses)
+        labels += [bag.name] * len(stamps)
+        T_cam_base = T_base_cam.inv()
+        est[PA].update({s: T @ T_cam_base for s, T in rec.prior_cam.items()})
+        est[PR].update(rec.pose)
+        latency += [(rec.image_wall_ns[s], rec.pose_wall_ns[s]) for s in rec.pose
+                    if s in rec.image_wall_ns]
+        rss[bag.name] = {"start_kb": rec.rss_start_kb, "end_kb": rec.rss_end_kb}
+
+    def trajectory(poses: dict) -> tm.Trajectory:
+        keys = sorted(poses)
+        return tm.Trajectory.from_poses(keys, [poses[k] for k in keys])
+
+    return write_report(out_dir, tm.Trajectory.from_poses(gt_stamps, gt_poses),
+                        {name: trajectory(p) for name, p in est.items()}, conditions=labels,
+                        latency_ns={PR: np.array(latency, np.int64).reshape(-1, 2)},
+                        extra={"map": str(map_path), "bytes_per_point": size_report(map_path).bytes_per_point,
+                               "bags": [str(b) for b in bags], "rate": rate, "node_rss_kb": rss,
+                               "poses": "base_link in map (T_map_base)"})
+
+
+def _run(args) -> int:
+    from segloc_core.evaluate import _run_queries
+    from segloc_core.paths import home, map_path
+
+    if not args.bag:
+        return _run_queries(args)
+    out = args.out or home() / "eval" / "bag"
+    report = evaluate_bags(args.bag, args.map or map_path(), args.model, out, args.rate,
+                           args.ground_truth)
+    print(report.markdown)
+    print(f"report: {out}")
+    return 0
+
+
+def configure_cli(parser) -> None:
+    """`segloc eval` with ROS: the library's options plus --bag."""
+    from segloc_core.evaluate import configure_cli as configure_core
+
+    configure_core(parser)
+    parser.add_argument("--bag", type=Path, nargs="+", default=None,
+                        help="rosbag2 folders to replay through the node graph (one per condition)")
+    parser.add_argument("--ground-truth", type=Path, default=None,
+                        help="TUM or kapture trajectory of base_link (default: the bag's "
+                             "/ground_truth/pose topic)")
+    parser.add_argument("--rate", type=float, default=1.0, help="playback rate")
+    parser.set_defaults(func=_run)

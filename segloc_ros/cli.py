@@ -11,6 +11,8 @@ COMMANDS = {
     **core_cli.COMMANDS,
     "launch": ("segloc_ros.launcher", "start the localization node graph (pip-only `ros2 launch`)"),
     "bag": ("segloc_ros.bag", "play a rosbag2 into the graph (MCAP/sqlite3) or record topics to MCAP"),
+    "eval": ("segloc_ros.bag_eval", core_cli.COMMANDS["eval"][1] + "; --bag replays through the graph"),
+    "demo": ("segloc_ros.demo", "the whole product on the default world: render, map, replay, evaluate"),
 }
 BENCHES = {**core_cli.BENCHES}
 

@@ -81,6 +81,8 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
         ParamSpec("top_k", 5, "database images retrieved per query", range=(1, 100)),
         ParamSpec("prior_mode", "top1", "pose prior from the top-1 image or a weighted mean",
                   choices=("top1", "weighted")),
+        ParamSpec("retrieve_while_tracking", False,
+                  "answer every frame, also while the refiner tracks (evaluation of PA)"),
     ),
     "refiner_node": (
         ParamSpec("map_path", "", "labeled map (.segmap); empty: the default world's map"),

@@ -56,7 +56,7 @@ class RetrievalNode(Node):
 
     def on_descriptor(self, msg: GlobalDescriptor) -> None:
         self.stats.received += 1
-        if self.tracking and not self.force:
+        if self.tracking and not (self.force or self.p["retrieve_while_tracking"]):
             self.skipped_tracking += 1
             return
         start = time.monotonic()

@@ -1,0 +1,95 @@
+"""Localizer: refine + gate + tracking state machine, on the tiny world with oracle probability
+maps (rendered surface ids) and a map labeled with the same ids; and query-set loading."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segloc_core.geometry import Pose, pose_error
+from segloc_core.localize import Localizer, LocalizerConfig, PriorSource, State
+from segloc_core.map_build import BuildConfig, finish_map, sample_nearest, vote_labels, world_geometry
+from segloc_core.query_sets import load_query_set
+from segloc_core.refine_scenes import oracle_levels
+
+K = 50
+LEVELS_160 = ((20, 15), (40, 30), (80, 60), (160, 120))
+MAUPERTUIS = Path("/work/shared/data/maupertuis")
+
+
+@pytest.fixture(scope="module")
+def world_and_map(tmp_path_factory):
+    from segloc_core.world import load_world, render_tiny_world
+
+    path = render_tiny_world(tmp_path_factory.mktemp("world"))
+    ds = load_world(path)
+    geo = world_geometry(path, BuildConfig(), progress=False)
+    ids = [ds.ids(r) % K for r in ds.frames(ds.mapping_condition)]
+
+    def lookup(img, uv):
+        return sample_nearest(np.eye(K, dtype=np.float32)[ids[img]].transpose(2, 0, 1), uv)
+
+    labels, agreement = vote_labels(geo.observations, lookup, len(geo.xyz_m), progress=False)
+    raw = np.random.default_rng(0).standard_normal((len(geo.names), 8)).astype(np.float32)
+    return ds, finish_map(geo, labels, agreement, raw, K, "ground-truth", BuildConfig(min_agreement=0.6))
+
+
+def _query(ds, condition: str, index: int):
+    rec = ds.frames(condition)[index]
+    return rec, oracle_levels(ds.ids(rec) % K, K, rec.camera, LEVELS_160, blur_px=1.0)
+
+
+def test_accepts_refined_fix_and_tracks(world_and_map):
+    ds, labeled_map = world_and_map
+    localizer = Localizer(labeled_map, LocalizerConfig(max_points=3000))
+    rec, levels = _query(ds, "winter", 5)
+    prior = Pose.exp(np.array([0.4, -0.2, 0.3, 0.01, 0.03, -0.02])) @ rec.T_cam_world
+    assert localizer.needs_global_prior()
+    fix = localizer.localize(levels, prior, PriorSource.RETRIEVAL, np.array([4, 5, 6]))
+    assert fix.accepted, fix.reason
+    dt, dr = pose_error(fix.T_cam_world, rec.T_cam_world)
+    assert dt < 0.05 and dr < 0.5
+    assert localizer.state == State.LOCALIZED and not localizer.needs_global_prior()
+    assert 0 < fix.position_std_m < 0.5
+
+    nxt, levels = _query(ds, "winter", 6)
+    motion = rec.T_cam_world @ nxt.T_cam_world.inv()   # T_camprev_camnew, as odometry gives it
+    predicted = localizer.propagate(motion)
+    assert pose_error(predicted, nxt.T_cam_world)[0] < 1e-6
+    fix = localizer.localize(levels, predicted, PriorSource.TRACKING)   # points near the prior
+    assert fix.accepted and localizer.state == State.TRACKING
+
+
+def test_rejects_inconsistent_fix_and_loses_track(world_and_map):
+    ds, labeled_map = world_and_map
+    localizer = Localizer(labeled_map, LocalizerConfig(max_points=3000))
+    rec, levels = _query(ds, "winter", 5)
+    fix = localizer.localize(levels, rec.T_cam_world, PriorSource.RETRIEVAL, np.array([5]))
+    assert fix.accepted
+    wrong = np.random.default_rng(1).integers(0, K, ds.ids(rec).shape)  # labels unrelated to the map
+    bad = oracle_levels(wrong, K, rec.camera, LEVELS_160)
+    fix = localizer.localize(bad, rec.T_cam_world, PriorSource.TRACKING)
+    assert not fix.accepted and ("consistency" in fix.reason or "failed" in fix.reason)
+    assert localizer.state == State.LOST and localizer.needs_global_prior()
+    assert localizer.last is not None and localizer.last.accepted  # the last good fix is kept
+
+
+def test_prior_far_from_map_has_no_points(world_and_map):
+    ds, labeled_map = world_and_map
+    localizer = Localizer(labeled_map)
+    rec, levels = _query(ds, "summer", 3)
+    far = Pose(rec.T_cam_world.R, rec.T_cam_world.t + np.array([0.0, 0.0, 0.0])) @ \
+        Pose.from_rotvec([0, 0, 0], [5000.0, 0, 0])
+    fix = localizer.localize(levels, far, PriorSource.INITIALPOSE)
+    assert not fix.accepted and localizer.state == State.LOST
+
+
+def test_query_sets_read_colmap_and_kapture_alike():
+    colmap = load_query_set(MAUPERTUIS / "colmap" / "reconstruction")
+    kapture = load_query_set(MAUPERTUIS / "kapture")
+    assert [q.name for q in colmap] == [q.name for q in kapture] == ["00.jpg", "01.jpg", "02.jpg", "03.jpg"]
+    for a, b in zip(colmap, kapture):
+        np.testing.assert_allclose(a.T_cam_world_gt.matrix(), b.T_cam_world_gt.matrix(), atol=1e-5)
+        np.testing.assert_allclose(a.camera.params, b.camera.params)
+    with pytest.raises(Exception, match="neither a kapture folder"):
+        load_query_set(MAUPERTUIS)
