@@ -114,9 +114,10 @@ class WorldConfig:
         return h.hexdigest()[:16]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FrameRecord:
-    """One rendered frame; images are loaded on demand through the dataset."""
+    """One rendered frame; images are loaded on demand through the dataset. Compared and
+    hashed by identity (it holds arrays)."""
 
     index: int
     condition: str
