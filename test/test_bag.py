@@ -389,3 +389,33 @@ def test_cli_play_remaps_and_reports(tmp_path):
                           str(tmp_path / "missing")], env=env, capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == InputError.exit_code and "does not exist" in bad.stderr
+
+
+def test_cli_record_stops_cleanly_on_sigint(tmp_path):
+    import signal
+
+    bag = write_bag(tmp_path / "bag")
+    out = tmp_path / "recorded"
+    proc = subprocess.Popen([sys.executable, "-m", "segloc_ros.cli", "bag", "record", "-o", str(out),
+                             "/tf", "/tf_static"], env=ros_environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    context = rclpy.Context()
+    context.init()
+    node = Node("bag_test_player", context=context)
+    try:
+        # the recorder subscribes once it sees the player's publishers; wait until it matched
+        stats = play_bag(bag, topics=["/tf", "/tf_static"], wait_for=["/tf"], node=node,
+                         wait_timeout_s=20.0)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        node.destroy_node()
+        context.try_shutdown()
+    assert proc.returncode == 0, stderr
+    assert f"/tf [tf2_msgs/msg/TFMessage]: {N_TF} messages" in stdout
+    with Reader(out) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+    assert counts == {"/tf": N_TF, "/tf_static": N_STATIC} and stats.total == N_TF + N_STATIC
