@@ -3,7 +3,7 @@ metadata Humble's `ros2 bag record` writes) are played into subscribers that che
 types, stamps, QoS (late /tf_static), rate and /clock; recording round-trips through rosbags and
 the independent mcap_ros2 reader; damaged bags give InputError or skipped counts."""
 
-import os
+import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +21,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from segloc_core.errors import InputError
-from segloc_ros.bag import play_bag, record_bag, typestore_for
+from segloc_ros.bag import message_class, play_bag, record_bag, typestore_for
 from segloc_ros.graph import ros_environment
 
 STORE = get_typestore(Stores.ROS2_KILTED)
@@ -120,8 +120,6 @@ class Listener:
         self.thread.start()
 
     def subscribe(self, topic: str, msgtype: str, latched: bool = False, key: str | None = None):
-        from segloc_ros.bag import message_class
-
         key = key or topic
         self.received.setdefault(key, [])
         self.arrival.setdefault(key, [])
@@ -305,8 +303,6 @@ def test_record_round_trip_matches_bag_and_independent_reader(tmp_path):
 def test_typestore_registers_segloc_msgs_with_rosidl_hash():
     import json
 
-    from segloc_ros.graph import share_dir  # noqa: F401  (the package is importable)
-
     name = "segloc_msgs/msg/Segmentation"
     store = typestore_for([name])
     share = Path(sys.prefix) / "share" / "segloc_msgs" / "msg" / "Segmentation.json"
@@ -392,8 +388,6 @@ def test_cli_play_remaps_and_reports(tmp_path):
 
 
 def test_cli_record_stops_cleanly_on_sigint(tmp_path):
-    import signal
-
     bag = write_bag(tmp_path / "bag")
     out = tmp_path / "recorded"
     proc = subprocess.Popen([sys.executable, "-m", "segloc_ros.cli", "bag", "record", "-o", str(out),
