@@ -22,7 +22,7 @@ from tqdm import tqdm
 from segloc_core.descriptor import fit_whitening
 from segloc_core.errors import InputError
 from segloc_core.geometry import Camera, Pose
-from segloc_core.map_format import Cameras, DatabaseImages, LabeledMap, MapMetadata, assemble_map
+from segloc_core.map_format import Cameras, DatabaseImages, LabeledMap, MapMetadata, assemble_map, group_keys
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,9 @@ def vote_labels(observations: Observations, prob_lookup: ProbLookup, n_points: i
     """
     obs = observations
     order = np.argsort(obs.image_index, kind="stable")
-    images, starts = np.unique(obs.image_index[order], return_index=True)
+    sorted_images = obs.image_index[order]
+    starts = np.flatnonzero(np.r_[True, sorted_images[1:] != sorted_images[:-1]]) if len(order) else np.zeros(0, int)
+    images = sorted_images[starts]
     bounds = np.append(starts, len(order))
     votes = np.empty(len(order), np.int64)
     for j, img in enumerate(tqdm(images, desc="segment + vote", unit="img", disable=not progress)):
@@ -92,7 +94,9 @@ def vote_labels(observations: Observations, prob_lookup: ProbLookup, n_points: i
             raise InputError(f"probability lookup for image {img} returned {probs.shape[0]} rows for {len(sel)} pixels")
         votes[sel] = probs.argmax(1)
     # count (point, label) pairs, keep each point's most frequent label (ties: smallest label)
-    pairs, counts = np.unique(np.stack([obs.point_index, votes], 1), axis=0, return_counts=True)
+    n_labels = int(votes.max()) + 1 if len(votes) else 1
+    keys, group = group_keys(obs.point_index * n_labels + votes)
+    pairs, counts = np.stack([keys // n_labels, keys % n_labels], 1), np.bincount(group)
     best = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))  # per point: highest count first
     first = np.ones(len(best), bool)
     first[1:] = pairs[best[1:], 0] != pairs[best[:-1], 0]
@@ -206,8 +210,10 @@ def world_geometry(world_path: Path, config: BuildConfig = BuildConfig(), condit
         keys_all.append(np.floor(p_world / config.voxel_m).astype(np.int64))
         pts_all.append(p_world)
     keys, pts = np.concatenate(keys_all), np.concatenate(pts_all)
-    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
+    keys -= keys.min(0)
+    span = keys.max(0) + 1
+    _, inverse = group_keys((keys[:, 0] * span[1] + keys[:, 1]) * span[2] + keys[:, 2])
+    counts = np.bincount(inverse)
     xyz = np.stack([np.bincount(inverse, pts[:, a]) for a in range(3)], 1) / counts[:, None]
     obs_p, obs_i, obs_uv = [], [], []
     for i, (rec, depth) in enumerate(tqdm(list(zip(frames, depths)), desc="visibility", unit="img",

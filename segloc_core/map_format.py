@@ -12,9 +12,10 @@ Compactness (the reason for the layout, at most 16 bytes per point on the defaul
   error is at most step/2 per axis, sqrt(3)/2 * step (0.87 mm at 1 mm) in 3D;
 - labels are uint8 for K <= 256 (uint16 above), confidence is the label agreement * 255 as uint8,
   the observation count is uint8 (saturating at 255; the exact count follows from visibility);
-- visibility is exact but stored as runs of consecutive point indices per image: points are ordered
-  by (first observing image, last observing image descending), so along a trajectory an image's
-  points are a few long runs instead of one index per observation;
+- visibility is exact but stored as runs of consecutive point indices per image, 4 bytes per run
+  (uint16 gap from the previous run, uint16 length): points are ordered by (first observing image,
+  last observing image descending), so along a trajectory an image's points form long runs
+  instead of one index per observation;
 - database descriptors are float16.
 
 File layout (little-endian), format name `segloc.labeled_map`, version 1.0:
@@ -55,7 +56,7 @@ FORMAT_NAME = "segloc.labeled_map"
 FORMAT_VERSION = (1, 0)
 MAGIC = b"SEGLMAP\x00"
 _CHECKSUM_BYTES = 32
-_RUN_MAX = np.iinfo(np.uint16).max
+_U16 = int(np.iinfo(np.uint16).max)
 _ALIGN = 8
 
 AXIS_BITS = 21
@@ -122,62 +123,109 @@ class DatabaseImages:
         return Pose.from_quat_xyzw(self.q_cam_world_xyzw[i], self.t_cam_world_m[i])
 
 
+def group_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique keys, group of each input key): np.unique by sorting, which numpy's own
+    np.unique (hash-based for integers since 2.3) does ~15x slower on millions of keys."""
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    head = np.ones(len(sk), bool)
+    head[1:] = sk[1:] != sk[:-1]
+    group = np.empty(len(keys), np.int64)
+    group[order] = np.cumsum(head) - 1
+    return sk[head], group
+
+
 @dataclass(frozen=True, eq=False)
 class Visibility:
     """Which points each database image observes, exactly, as runs of consecutive point indices.
 
-    Image i sees points run_start[r] .. run_start[r] + run_length[r] - 1 for r in
-    offsets[i] .. offsets[i+1] - 1 (CSR over images).
+    CSR over images: image i owns runs offsets[i] .. offsets[i+1] - 1. Each run is (gap, length)
+    in uint16: it starts `gap` points after the end of the image's previous run (after index 0
+    for its first run) and covers `length` points. A gap too large for uint16 is bridged by
+    empty runs (length 0), so 4 bytes per run whatever the map size.
     """
 
     offsets: np.ndarray  # (I+1,) uint32
-    run_start: np.ndarray  # (R,) uint32
+    run_gap: np.ndarray  # (R,) uint16
     run_length: np.ndarray  # (R,) uint16
 
     @classmethod
     def from_observations(cls, point_index: np.ndarray, image_index: np.ndarray,
                           n_images: int) -> "Visibility":
-        pairs = np.unique(np.stack([np.asarray(image_index, np.int64),
-                                    np.asarray(point_index, np.int64)], 1), axis=0)
-        img, pt = pairs[:, 0], pairs[:, 1]
+        pt = np.asarray(point_index, np.int64)
+        img = np.asarray(image_index, np.int64)
+        n = int(pt.max()) + 1 if len(pt) else 1
+        key = group_keys(img * n + pt)[0]  # sorted by image, then point; duplicates merged
+        img, pt = key // n, key % n
         new_run = np.ones(len(pt), bool)
         new_run[1:] = (np.diff(pt) != 1) | (np.diff(img) != 0)
-        starts = np.flatnonzero(new_run)
-        lengths = np.diff(np.append(starts, len(pt)))
-        # a run longer than uint16 allows becomes several consecutive runs
-        pieces = -(-lengths // _RUN_MAX)
-        first_piece = np.repeat(np.cumsum(pieces) - pieces, pieces)
-        k = np.arange(int(pieces.sum())) - first_piece
-        starts, lengths = np.repeat(starts, pieces) + k * _RUN_MAX, np.repeat(lengths, pieces)
-        lengths = np.minimum(lengths - k * _RUN_MAX, _RUN_MAX)
-        offsets = np.searchsorted(img[starts], np.arange(n_images + 1))
-        return cls(offsets.astype(np.uint32), pt[starts].astype(np.uint32),
-                   lengths.astype(np.uint16))
+        heads = np.flatnonzero(new_run)
+        start, length, run_img = pt[heads], np.diff(np.append(heads, len(pt))), img[heads]
+        # split runs longer than uint16 allows
+        pieces = -(-length // _U16)
+        k = np.arange(int(pieces.sum())) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+        start = np.repeat(start, pieces) + k * _U16
+        length = np.minimum(np.repeat(length, pieces) - k * _U16, _U16)
+        run_img = np.repeat(run_img, pieces)
+        prev_end = np.zeros(len(start), np.int64)
+        same = np.zeros(len(start), bool)
+        same[1:] = run_img[1:] == run_img[:-1]
+        prev_end[1:] = np.where(same[1:], start[:-1] + length[:-1], 0)
+        gap = start - prev_end
+        # bridge big gaps with empty runs: a run with gap g needs floor(g / U16) fillers first
+        fillers = gap // _U16
+        total = 1 + fillers
+        first = np.cumsum(total) - total
+        gaps = np.full(int(total.sum()), _U16, np.int64)
+        lengths = np.zeros(len(gaps), np.int64)
+        last = first + fillers
+        gaps[last], lengths[last] = gap - fillers * _U16, length
+        owner = np.repeat(run_img, total)
+        offsets = np.searchsorted(owner, np.arange(n_images + 1))
+        return cls(offsets.astype(np.uint32), gaps.astype(np.uint16), lengths.astype(np.uint16))
+
+    def _runs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Absolute (start, length) int64 of the runs of `images`."""
+        starts, lengths = [], []
+        for i in images:
+            a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+            g, ln = self.run_gap[a:b].astype(np.int64), self.run_length[a:b].astype(np.int64)
+            starts.append(np.cumsum(g) + np.cumsum(ln) - ln)
+            lengths.append(ln)
+        if not starts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        start, length = np.concatenate(starts), np.concatenate(lengths)
+        keep = length > 0
+        return start[keep], length[keep]
 
     def points_of(self, images: Sequence[int] | np.ndarray) -> np.ndarray:
         """Sorted unique indices of the points observed by any of `images`."""
-        images = np.asarray(images, np.int64).reshape(-1)
-        runs = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in images]
-                              or [np.zeros(0, np.int64)]).astype(np.int64)
-        if len(runs) == 0:
+        start, length = self._runs(np.asarray(images, np.int64).reshape(-1))
+        if len(start) == 0:
             return np.zeros(0, np.int64)
-        start = self.run_start[runs].astype(np.int64)
-        length = self.run_length[runs].astype(np.int64)
-        # expand runs without a Python loop: a cumulative sum of +1 steps restarted at each run
+        # expand runs without a Python loop: +1 steps, with a jump at the head of each run
         step = np.ones(int(length.sum()), np.int64)
-        heads = np.cumsum(length)[:-1]
         step[0] = start[0]
-        step[heads] = start[1:] - (start[:-1] + length[:-1] - 1)
-        return np.unique(np.cumsum(step))
+        step[np.cumsum(length)[:-1]] = start[1:] - (start[:-1] + length[:-1] - 1)
+        return group_keys(np.cumsum(step))[0]
 
     def observation_pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        """(point_index, image_index) of every observation."""
-        n_runs = np.diff(self.offsets.astype(np.int64))
-        run_image = np.repeat(np.arange(len(n_runs)), n_runs)
-        length = self.run_length.astype(np.int64)
-        point = np.repeat(self.run_start.astype(np.int64) - np.concatenate([[0], np.cumsum(length)[:-1]]),
-                          length) + np.arange(int(length.sum()))
+        """(point_index, image_index) of every observation, ordered by image then point."""
+        n_images = len(self.offsets) - 1
+        start, length = self._runs(np.arange(n_images))
+        n_runs = np.array([int((self.run_length[self.offsets[i]:self.offsets[i + 1]] > 0).sum())
+                           for i in range(n_images)], np.int64)
+        run_image = np.repeat(np.arange(n_images), n_runs)
+        point = np.repeat(start - np.concatenate([[0], np.cumsum(length)[:-1]]), length) + np.arange(int(length.sum()))
         return point, np.repeat(run_image, length)
+
+    def max_end(self) -> int:
+        """One past the largest point index any run reaches (validation)."""
+        if len(self.run_gap) == 0:
+            return 0
+        ends = np.concatenate([[0], np.cumsum(self.run_gap.astype(np.int64) + self.run_length)])
+        offsets = self.offsets.astype(np.int64)
+        return int((ends[offsets[1:]] - ends[offsets[:-1]]).max())
 
 
 @dataclass(frozen=True, eq=False)
@@ -291,7 +339,7 @@ _SCHEMA: dict[str, tuple[tuple[str, ...], int]] = {
     "confidence_u8": (("|u1",), 1),
     "n_observations": (("|u1",), 1),
     "visibility_offsets": (("<u4",), 1),
-    "visibility_run_start": (("<u4",), 1),
+    "visibility_run_gap": (("<u2",), 1),
     "visibility_run_length": (("<u2",), 1),
     "image_q_cam_world_xyzw": (("<f8",), 2),
     "image_t_cam_world_m": (("<f8",), 2),
@@ -309,7 +357,7 @@ def _arrays(m: LabeledMap) -> dict[str, np.ndarray]:
     return {
         "origin_m": m.origin_m, "position_codes": m.position_codes, "labels": m.labels,
         "confidence_u8": m.confidence_u8, "n_observations": m.n_observations,
-        "visibility_offsets": v.offsets, "visibility_run_start": v.run_start,
+        "visibility_offsets": v.offsets, "visibility_run_gap": v.run_gap,
         "visibility_run_length": v.run_length,
         "image_q_cam_world_xyzw": im.q_cam_world_xyzw, "image_t_cam_world_m": im.t_cam_world_m,
         "image_camera_index": im.camera_index, "image_descriptors": im.descriptors,
@@ -435,7 +483,7 @@ def _from_arrays(meta: dict, a: dict[str, np.ndarray], path: Path) -> LabeledMap
     m = LabeledMap(
         meta=md, origin_m=a["origin_m"], position_step_m=step, position_codes=a["position_codes"],
         labels=a["labels"], confidence_u8=a["confidence_u8"], n_observations=a["n_observations"],
-        visibility=Visibility(a["visibility_offsets"], a["visibility_run_start"], a["visibility_run_length"]),
+        visibility=Visibility(a["visibility_offsets"], a["visibility_run_gap"], a["visibility_run_length"]),
         images=DatabaseImages(names, a["image_q_cam_world_xyzw"], a["image_t_cam_world_m"],
                               a["image_camera_index"], a["image_descriptors"]),
         cameras=Cameras(models, a["camera_size_px"], a["camera_params"]),
@@ -455,11 +503,10 @@ def validate_map(m: LabeledMap) -> str | None:
         (len(m.labels) == n and len(m.confidence_u8) == n and len(m.n_observations) == n,
          "per-point arrays differ in length"),
         (n == 0 or int(m.labels.max()) < m.meta.K, f"a label is >= K={m.meta.K}"),
-        (len(v.offsets) == n_img + 1 and v.offsets[0] == 0 and v.offsets[-1] == len(v.run_start)
+        (len(v.offsets) == n_img + 1 and v.offsets[0] == 0 and v.offsets[-1] == len(v.run_gap)
+         and len(v.run_gap) == len(v.run_length)
          and (np.diff(v.offsets.astype(np.int64)) >= 0).all(), "visibility offsets are inconsistent"),
-        (len(v.run_start) == len(v.run_length)
-         and (len(v.run_start) == 0 or int((v.run_start.astype(np.int64) + v.run_length).max()) <= n),
-         "visibility runs reach past the last point"),
+        (v.max_end() <= n, "visibility runs reach past the last point"),
         (m.images.q_cam_world_xyzw.shape == (n_img, 4) and m.images.t_cam_world_m.shape == (n_img, 3)
          and len(m.images.camera_index) == n_img and len(m.images.descriptors) == n_img,
          "database image arrays differ in length"),
@@ -511,7 +558,7 @@ class MapSizeReport:
 def size_report(path: str | Path) -> MapSizeReport:
     m = load_map(path)
     n_bytes = Path(path).stat().st_size
-    n_obs = int(m.visibility.run_length.astype(np.int64).sum())
+    n_obs = int(m.visibility.run_length.astype(np.int64).sum())  # empty filler runs add 0
     sift = n_obs * SIFT_BYTES_PER_OBSERVATION + len(m) * SIFT_BYTES_PER_POSITION
     return MapSizeReport(
         points=len(m), images=len(m.images), observations=n_obs, K=m.meta.K, file_bytes=n_bytes,

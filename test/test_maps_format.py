@@ -92,11 +92,20 @@ def test_long_runs_split_and_expand_exactly():
     pts = np.concatenate([np.arange(70_000), np.arange(5, 9)])
     imgs = np.concatenate([np.zeros(70_000, int), np.full(4, 2)])
     vis = Visibility.from_observations(pts, imgs, 3)
-    assert vis.run_length.dtype == np.uint16 and len(vis.run_start) == 3
+    assert vis.run_length.dtype == np.uint16 and vis.run_gap.dtype == np.uint16
+    assert vis.run_gap.tolist() == [0, 0, 5]  # 70000 points = two runs; image 2 starts 5 points in
     assert np.array_equal(vis.points_of([0]), np.arange(70_000))
     assert len(vis.points_of([1])) == 0 and np.array_equal(vis.points_of([2]), np.arange(5, 9))
     p, i = vis.observation_pairs()
     assert np.array_equal(p, pts) and np.array_equal(i, imgs)
+
+
+def test_huge_gaps_are_bridged():
+    pts = np.array([3, 200_000, 200_001, 1_000_000])
+    vis = Visibility.from_observations(pts, np.zeros(4, int), 2)
+    assert np.array_equal(vis.points_of([0]), pts) and len(vis.points_of([1])) == 0
+    assert vis.max_end() == 1_000_001
+    assert np.array_equal(vis.observation_pairs()[0], pts)
 
 
 def test_labels_widen_above_256_classes(tmp_path):
@@ -148,7 +157,9 @@ def test_bad_files_are_refused_with_reason(tmp_path, damage, kind):
 
 def test_out_of_range_content_is_refused(tmp_path):
     m, _, _ = synthetic_map(n_points=300, n_images=5, K=10)
-    bad = Visibility(m.visibility.offsets, m.visibility.run_start + np.uint32(10_000), m.visibility.run_length)
+    gaps = m.visibility.run_gap.copy()
+    gaps[-1] = 60_000
+    bad = Visibility(m.visibility.offsets, gaps, m.visibility.run_length)
     from dataclasses import replace
     path = save_map(replace(m, visibility=bad), tmp_path / "bad.segmap")
     with pytest.raises(InputError, match="visibility runs"):
