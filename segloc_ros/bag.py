@@ -282,6 +282,7 @@ def play_bag(path: str | Path, *, rate: float = 1.0, loop: bool = False, clock: 
         if not chosen:
             raise InputError(f"bag {path} has no topics to play")
         classes = {c.msgtype: message_class(c.msgtype) for c in chosen}
+        _warn_on_definition_mismatch(path, chosen)
         if node is None:
             import rclpy
             from rclpy.node import Node as RclpyNode
@@ -320,6 +321,27 @@ def play_bag(path: str | Path, *, rate: float = 1.0, loop: bool = False, clock: 
         if context is not None:
             node.destroy_node()
             context.try_shutdown()
+
+
+def _warn_on_definition_mismatch(path: Path, connections: list[Connection]) -> None:
+    """Warn when a bag's RIHS01 type hash differs from this install's definition of the type.
+
+    DDS matches topics by type name only, so bytes of a changed definition would reach
+    subscribers as garbage. Bags older than rosbag2 metadata version 7 (Humble) carry no hash.
+    """
+    recorded = {c.msgtype: c.digest for c in connections if c.digest.startswith("RIHS01_")}
+    if not recorded:
+        return
+    try:
+        store = typestore_for(sorted(recorded))
+    except InputError as exc:  # no local definition to compare with
+        LOG.debug("type hashes not checked: %s", exc)
+        return
+    for msgtype, digest in recorded.items():
+        local = store.hash_rihs01(msgtype)
+        if local != digest:
+            LOG.warning("bag %s: %s was recorded with definition hash %s, this install has %s; "
+                        "subscribers may receive garbage", path, msgtype, digest, local)
 
 
 def _wait_for_subscribers(by_name: dict, wait_for: Sequence[str], timeout_s: float,

@@ -321,6 +321,23 @@ def test_typestore_registers_segloc_msgs_with_rosidl_hash():
     assert store.hash_rihs01(name) == expected
 
 
+def test_play_warns_when_recorded_type_hash_differs(tmp_path, caplog):
+    bag = tmp_path / "bag"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        msgdef, _ = STORE.generate_msgdef("tf2_msgs/msg/TFMessage", ros_version=2)
+        conn = writer.add_connection("/tf", "tf2_msgs/msg/TFMessage", msgdef=msgdef,
+                                     rihs01="RIHS01_" + "ab" * 32)
+        writer.write(conn, T0_NS, STORE.serialize_cdr(_tf(T0_NS, "odom", "base_link", 1.0),
+                                                      "tf2_msgs/msg/TFMessage"))
+    with caplog.at_level("WARNING", logger="segloc_ros.bag"):
+        assert play_bag(bag).published == {"/tf": 1}
+    assert "RIHS01_abab" in caplog.text and "garbage" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="segloc_ros.bag"):
+        play_bag(write_bag(tmp_path / "good"), topics=["/tf_static"])
+    assert "garbage" not in caplog.text
+
+
 def _corrupt_middle_chunk(bag: Path) -> None:
     """Give the first message record of a middle MCAP chunk an impossible length."""
     from mcap.reader import make_reader
