@@ -91,11 +91,24 @@ def sfm_geometry(image_dir: Path, work_dir: Path | None = None, max_image_size: 
         work.mkdir(parents=True, exist_ok=True)
         db = work / "database.db"
         _extract_and_match(pycolmap, db, image_dir, max_image_size)
-        recs = pycolmap.incremental_mapping(str(db), str(image_dir), str(work / "sparse"))
+        recs = pycolmap.incremental_mapping(str(db), str(image_dir), str(work / "sparse"),
+                                            options=_mapping_options(pycolmap))
         if not recs:
             raise InputError(f"{image_dir}: structure from motion registered no images (too few matches)")
         best = max(recs.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
         return geometry_from_reconstruction(best, image_dir, f"sfm:{image_dir}")
+
+
+def _mapping_options(pycolmap):
+    """COLMAP defaults assume a photo collection; a driving camera moves forward with small
+    baselines, which the default initial-pair checks reject. Relaxed for that case."""
+    options = pycolmap.IncrementalPipelineOptions()
+    options.mapper.init_min_tri_angle = 4.0  # degrees (default 16)
+    options.mapper.init_max_forward_motion = 0.999  # default 0.95 rejects driving sequences
+    options.mapper.init_min_num_inliers = 50  # default 100
+    options.min_model_size = 2
+    options.num_threads = 2
+    return options
 
 
 def _extract_and_match(pycolmap, db: Path, image_dir: Path, max_image_size: int,

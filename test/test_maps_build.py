@@ -160,3 +160,31 @@ def test_bad_sources_are_refused(tmp_path):
         read_kapture_posed_images(tmp_path)
     with pytest.raises(InputError, match="does not exist"):
         MapSource("world", tmp_path / "nope")
+
+
+def test_sfm_from_images_alone(tmp_path):
+    """pycolmap SfM (SIFT, exhaustive matching, incremental mapping) on 6 rendered frames."""
+    import shutil
+
+    from segloc_core.map_colmap import sfm_geometry
+    from segloc_core.world import WorldConfig, load_world, render_world
+
+    root = render_world(WorldConfig(seed=3, loop_length_m=220.0, width=320, height=240, conditions=("summer",),
+                                    max_frames=6), tmp_path / "world", progress=False)
+    ds = load_world(root)
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    import cv2
+
+    for rec in ds.frames("summer"):
+        cv2.imwrite(str(image_dir / f"{rec.index:04d}.png"), ds.rgb(rec)[:, :, ::-1])
+    shutil.rmtree(root)
+    geo = sfm_geometry(image_dir)
+    assert len(geo.names) >= 2 and len(geo.xyz_m) >= 30
+    # SfM's own frame: points reproject onto their keypoints and lie in front of the cameras
+    obs = geo.observations
+    for i in range(len(geo.names)):
+        sel = obs.image_index == i
+        p_cam = geo.T_cam_world[i].transform(geo.xyz_m[obs.point_index[sel]])
+        uv, valid = geo.cameras[i].project(p_cam)
+        assert valid.all() and np.median(np.linalg.norm(uv - obs.uv[sel], axis=1)) < 2.0
