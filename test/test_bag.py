@@ -235,8 +235,8 @@ def test_rate_two_halves_wall_time_and_clock_carries_bag_time(tmp_path):
         listener.close()
     assert stats.published == {"/tf": N_TF}
     bag_span = (N_TF - 1) / TF_HZ
-    assert stats.wall_s == pytest.approx(bag_span / 2, abs=0.03)
-    assert arrivals[-1] - arrivals[0] == pytest.approx(bag_span / 2, abs=0.06)
+    assert stats.wall_s == pytest.approx(bag_span / 2, abs=0.05)
+    assert arrivals[-1] - arrivals[0] == pytest.approx(bag_span / 2, abs=0.1)
     assert len(tfs) == N_TF
     # ~100 Hz of wall time over 0.49 s; clock values are bag time and never go back
     assert 35 <= stats.clock_messages <= 60 and len(clocks) >= 30
@@ -244,7 +244,7 @@ def test_rate_two_halves_wall_time_and_clock_carries_bag_time(tmp_path):
     assert clock_ns == sorted(clock_ns)
     assert T0_NS <= clock_ns[0] and clock_ns[-1] <= T0_NS + 10**9
     span = (clock_ns[-1] - clock_ns[0]) * 1e-9
-    assert span == pytest.approx(bag_span, abs=0.08)  # bag time runs twice as fast as the wall
+    assert span == pytest.approx(bag_span, abs=0.1)  # bag time runs twice as fast as the wall
 
 
 def test_stop_event_ends_looping_playback(tmp_path):
