@@ -141,7 +141,9 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
 
 def bench_world(frames: int = 60, seed: int = 0) -> dict:
     """Frames per second (render + read-back of RGB, depth and ids) of the default world at
-    320x240 and 640x480 over all conditions, and of a sky-only baseline in the same run."""
+    320x240 and 640x480 over all conditions, and of a sky-only baseline in the same run; also
+    the CPU milliseconds per frame summed over llvmpipe's threads (on an idle machine with
+    `os.cpu_count()` cores the wall-clock rate approaches cores * 1000 / cpu_ms)."""
     import numpy as np
 
     from segloc_core.world.render import Renderer
@@ -165,20 +167,23 @@ def bench_world(frames: int = 60, seed: int = 0) -> dict:
             # as when rendering traversals: the per-condition shadow map is built once (timed
             # apart), then frames are rendered; frames are spread over the conditions
             conds = list(DEFAULT_CONDITIONS)
-            elapsed, shadow_s = 0.0, 0.0
+            elapsed, cpu, shadow_s = 0.0, 0.0, 0.0
             for k, cond in enumerate(conds):
                 idx = range(k * frames // len(conds), (k + 1) * frames // len(conds))
                 r.set_condition(CONDITIONS[cond])
                 t0 = time.perf_counter()
                 r.render(T_cam_world[idx[0]], tuple(cam.params))  # shadow map (+ shader warm-up)
                 shadow_s += time.perf_counter() - t0
-                start = time.perf_counter()
+                start, cpu0 = time.perf_counter(), time.process_time()
                 for i in idx:
                     r.render(T_cam_world[i], tuple(cam.params), frame_seed=float(i))
                 elapsed += time.perf_counter() - start
+                cpu += time.process_time() - cpu0
             if sc is scene:
                 out[f"first_frame_after_condition_change_ms_{w}x{h}"] = round(1000 * shadow_s / len(conds), 1)
             out[key] = round(frames / elapsed, 1)
+            if sc is scene:  # CPU time over all threads: less sensitive to other processes' load
+                out[f"cpu_ms_per_frame_{w}x{h}"] = round(1000 * cpu / frames, 1)
             r.release()
         out[f"ratio_to_baseline_{w}x{h}"] = round(out[f"fps_{w}x{h}"] / out[f"baseline_sky_only_fps_{w}x{h}"], 3)
     out["floor_fps_640x480"] = 20.0
