@@ -113,14 +113,6 @@ class _Cell:
     fx: np.ndarray
     fy: np.ndarray
 
-    def interpolate(self, f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Value, d/du and d/dv (pixel units) of per-corner samples f (4,n)."""
-        f00, f01, f10, f11 = f
-        d_top, d_bottom = f01 - f00, f11 - f10
-        top = f00 + self.fx * d_top
-        bottom = f10 + self.fx * d_bottom
-        return top + self.fy * (bottom - top), d_top + self.fy * (d_bottom - d_top), bottom - top
-
 
 class _ReducedSampler:
     """The K-independent sampler: exact bilinear cost, gradient and G from the inner-product channels
@@ -149,45 +141,59 @@ class _ReducedSampler:
         S0, S1, S2, S3 = t[0, :, 0], t[1, :, 0], t[2, :, 0], t[3, :, 0]
         R0, R2, D0, D1, X = t[0, :, 1], t[2, :, 1], t[0, :, 2], t[1, :, 2], t[0, :, 3]
         Y = self.down_left[cell.corners[1]]
-        fx, fy = cell.fx, cell.fy
-        gx, gy = 1.0 - fx, 1.0 - fy
+        fx, fy = cell.fx.astype(np.float32), cell.fy.astype(np.float32)  # all float32 from here
+        gx, gy = 1 - fx, 1 - fy
         # p = gy p_top + fy p_bottom, p_top = gx p00 + fx p01, p_bottom = gx p10 + fx p11
         XY = X + Y
-        T = gx * (gx * S0 + 2 * fx * R0) + fx * fx * S1  # |p_top|^2
-        B = gx * (gx * S2 + 2 * fx * R2) + fx * fx * S3  # |p_bottom|^2
-        M = gx * (gx * D0 + fx * XY) + fx * fx * D1  # <p_top, p_bottom>
+        gxx, gxy2, fxx, dx = gx * gx, 2 * gx * fx, fx * fx, gx - fx
+        T = gxx * S0 + gxy2 * R0 + fxx * S1  # |p_top|^2
+        B = gxx * S2 + gxy2 * R2 + fxx * S3  # |p_bottom|^2
+        M = gxx * D0 + 0.5 * gxy2 * XY + fxx * D1  # <p_top, p_bottom>
         # half derivatives along fx of T, B, M
-        Tx = (gx - fx) * R0 - gx * S0 + fx * S1
-        Bx = (gx - fx) * R2 - gx * S2 + fx * S3
-        Mx = 0.5 * (gx - fx) * XY - gx * D0 + fx * D1
-        sum_sq = gy * (gy * T + 2 * fy * M) + fy * fy * B
-        half_S_u = gy * (gy * Tx + 2 * fy * Mx) + fy * fy * Bx
+        Tx = dx * R0 - gx * S0 + fx * S1
+        Bx = dx * R2 - gx * S2 + fx * S3
+        Mx = 0.5 * dx * XY - gx * D0 + fx * D1
+        gyy, gyy2, fyy = gy * gy, 2 * gy * fy, fy * fy
+        sum_sq = gyy * T + gyy2 * M + fyy * B
+        half_S_u = gyy * Tx + gyy2 * Mx + fyy * Bx
         half_S_v = (gy - fy) * M - gy * T + fy * B
         # G from the corner differences a = p01-p00, b = p11-p10 (along u), c = p10-p00, d = p11-p01
         aa, bb, ab = S0 - 2 * R0 + S1, S2 - 2 * R2 + S3, D0 + D1 - XY
         cc, dd, cd = S0 - 2 * D0 + S2, S1 - 2 * D1 + S3, R0 + R2 - XY
         ac, ad = S0 + Y - R0 - D0, R0 + D1 - S1 - X
         bc, bd = D0 + R2 - S2 - X, S3 + Y - D1 - R2
-        G_uu = gy * (gy * aa + 2 * fy * ab) + fy * fy * bb
-        G_vv = gx * (gx * cc + 2 * fx * cd) + fx * fx * dd
+        G_uu = gyy * aa + gyy2 * ab + fyy * bb
+        G_vv = gxx * cc + gxy2 * cd + fxx * dd
         G_uv = gy * (gx * ac + fx * ad) + fy * (gx * bc + fx * bd)
         q = self.probs[labels * self.hw + cell.corners]
         if self.scale is not None:
             q = q * self.scale
-        py, py_u, py_v = cell.interpolate(q)
+        f00, f01, f10, f11 = q
+        d_top, d_bottom = f01 - f00, f11 - f10
+        top = f00 + fx * d_top
+        bottom = f10 + fx * d_bottom
+        py, py_u, py_v = top + fy * (bottom - top), d_top + fy * (d_bottom - d_top), bottom - top
         c = np.maximum(sum_sq - 2.0 * py + 1.0, 0.0)
         return c, half_S_u - py_u, half_S_v - py_v, (G_uu, G_uv, G_vv)
 
 
 class _DirectSampler:
-    """The textbook sampler (benchmark baseline): all K channels per point, exact bilinear G."""
+    """The textbook sampler (benchmark baseline): all K channels per point, O(N K) per iteration.
+
+    It reads the (K, H, W) maps as the network delivers them; `_PixelMajorDirectSampler` first
+    copies them pixel-major (an O(K H W) pass per frame) so a point's K values are contiguous.
+    """
 
     def __init__(self, level: LevelInput):
         K, H, W = level.probs.shape
-        self.probs = np.ascontiguousarray(dequantize(level.probs).reshape(K, H * W).T)  # (H*W, K)
+        self.probs = dequantize(level.probs).reshape(K, H * W)
+
+    def corner_values(self, cell: _Cell) -> np.ndarray:
+        """(4, n, K) probabilities at the corners."""
+        return np.moveaxis(self.probs[:, cell.corners], 0, -1)
 
     def sample(self, cell: _Cell, labels: np.ndarray):
-        P = self.probs[cell.corners]  # (4, n, K)
+        P = self.corner_values(cell)
         fx, fy = cell.fx[:, None], cell.fy[:, None]
         d_top, d_bottom = P[1] - P[0], P[3] - P[2]
         top = P[0] + fx * d_top
@@ -199,6 +205,15 @@ class _DirectSampler:
         c = np.einsum("nk,nk->n", r, r)
         G = [np.einsum("nk,nk->n", a, b) for a, b in ((du, du), (du, dv), (dv, dv))]
         return c, np.einsum("nk,nk->n", r, du), np.einsum("nk,nk->n", r, dv), G
+
+
+class _PixelMajorDirectSampler(_DirectSampler):
+    def __init__(self, level: LevelInput):
+        K, H, W = level.probs.shape
+        self.probs = np.ascontiguousarray(dequantize(level.probs).reshape(K, H * W).T)  # (H*W, K)
+
+    def corner_values(self, cell: _Cell) -> np.ndarray:
+        return self.probs[cell.corners]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -367,13 +382,14 @@ def refine(levels: Sequence[LevelInput], points: LabeledPoints, T_cam_world_init
 
 
 def refine_direct(levels: Sequence[LevelInput], points: LabeledPoints, T_cam_world_init: Pose,
-                  config: RefineConfig = RefineConfig()) -> RefineResult:
+                  config: RefineConfig = RefineConfig(), pixel_major: bool = False) -> RefineResult:
     """The same refiner with K-dimensional residuals sampled directly (O(N K) per iteration).
 
     The benchmark baseline; it differs from `refine` only in the sampler, and gives the same cost,
-    gradient and Hessian up to float rounding.
+    gradient and Hessian up to float rounding. pixel_major copies each level to (H*W, K) first.
     """
-    return _refine(levels, points, T_cam_world_init, config, _DirectSampler)
+    sampler = _PixelMajorDirectSampler if pixel_major else _DirectSampler
+    return _refine(levels, points, T_cam_world_init, config, sampler)
 
 
 def configure_bench(parser: argparse.ArgumentParser) -> None:

@@ -89,14 +89,17 @@ def oracle_levels(labels: np.ndarray, K: int, camera: Camera,
         if f * w != W or f * h != H:
             raise ValueError(f"level {w}x{h} does not divide {W}x{H}")
         # area pooling of the one-hot map = class histogram per f x f block
+        # only the classes present are pooled and blurred; the others stay exactly 0
+        present, compact = np.unique(labels, return_inverse=True)
         block = (np.arange(H)[:, None] // f) * w + np.arange(W)[None] // f
-        counts = np.zeros((K, h * w), np.float32)
-        np.add.at(counts, (labels.reshape(-1), block.reshape(-1)), 1.0)
-        probs = counts.reshape(K, h, w) / np.float32(f * f)
+        counts = np.zeros((len(present), h * w), np.float32)
+        np.add.at(counts, (compact.reshape(-1), block.reshape(-1)), 1.0)
+        sub = counts.reshape(len(present), h, w) / np.float32(f * f)
         if blur_px > 0:
-            probs = gaussian_filter1d(probs, blur_px, axis=1, mode="nearest", truncate=2.5)
-            probs = gaussian_filter1d(probs, blur_px, axis=2, mode="nearest", truncate=2.5)
-        probs = np.ascontiguousarray(probs, dtype=np.float32)
+            sub = gaussian_filter1d(sub, blur_px, axis=1, mode="nearest", truncate=2.5)
+            sub = gaussian_filter1d(sub, blur_px, axis=2, mode="nearest", truncate=2.5)
+        probs = np.zeros((K, h, w), np.float32)
+        probs[present] = sub
         if quantize:
             probs = np.round(probs * 255).astype(np.uint8)
         out.append(LevelInput(probs, level_reductions(probs), camera.scaled_to(w, h)))

@@ -14,7 +14,8 @@ from segloc_core.errors import InputError
 from segloc_core.geometry import Camera, Pose, pose_error
 from segloc_core.lm import LMConfig
 from segloc_core.refine import (REDUCTION_NAMES, LabeledPoints, LevelInput, RefineConfig,
-                                _DirectSampler, _LevelObjective, _ReducedSampler, level_reductions,
+                                _DirectSampler, _LevelObjective, _PixelMajorDirectSampler,
+                                _ReducedSampler, level_reductions,
                                 refine, refine_direct)
 from segloc_core.refine_scenes import PlaneScene, map_points_from_depth, oracle_levels
 
@@ -79,7 +80,7 @@ def test_reduced_sampler_equals_direct_k_dimensional_residuals(scene_data):
     np.testing.assert_allclose(a.H, b.H, atol=1e-5 * np.abs(b.H).max())
 
 
-@pytest.mark.parametrize("sampler", [_ReducedSampler, _DirectSampler])
+@pytest.mark.parametrize("sampler", [_ReducedSampler, _DirectSampler, _PixelMajorDirectSampler])
 def test_gradient_matches_numerical_derivative_of_cost(scene_data, sampler):
     """g of the normal equations is the exact gradient of the robust cost (all Jacobians chained)."""
     labels_q, points = scene_data
