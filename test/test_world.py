@@ -270,3 +270,13 @@ def test_world_renderer_reproduces_dataset_frames(tiny):
     near = stored > 0
     np.testing.assert_allclose(fr.depth[near], stored[near], atol=6e-4)
     assert np.abs(fr.rgb.astype(int) - tiny.rgb(rec).astype(int)).mean() < 2.5  # only the sensor noise differs
+
+
+def test_bench_reports_required_figures(capsys):
+    from segloc_core.cli import main
+
+    assert main(["bench", "world", "--frames", "5"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("fps_320x240", "fps_640x480", "baseline_sky_only_fps_640x480", "cpu_ms_per_frame_640x480"):
+        assert res[key] > 0
+    assert res["ratio_to_baseline_640x480"] < 1.0  # the scene costs more than the sky alone
