@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
+from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from segloc_core.descriptor import fit_whitening
@@ -216,15 +217,18 @@ def world_geometry(world_path: Path, config: BuildConfig = BuildConfig(), condit
     counts = np.bincount(inverse)
     xyz = np.stack([np.bincount(inverse, pts[:, a]) for a in range(3)], 1) / counts[:, None]
     obs_p, obs_i, obs_uv = [], [], []
+    tree = cKDTree(xyz)  # only points within reach of a camera are worth projecting
     for i, (rec, depth) in enumerate(tqdm(list(zip(frames, depths)), desc="visibility", unit="img",
                                           disable=not progress)):
-        p_cam = rec.T_cam_world.transform(xyz)
-        near = np.flatnonzero((p_cam[:, 2] > 0.1) & (p_cam[:, 2] < config.max_depth_m))
-        uv, valid = rec.camera.project(p_cam[near])
+        near = np.asarray(tree.query_ball_point(rec.T_cam_world.center(), config.max_depth_m * 1.5), np.int64)
+        p_cam = rec.T_cam_world.transform(xyz[near])
+        ahead = (p_cam[:, 2] > 0.1) & (p_cam[:, 2] < config.max_depth_m)
+        near, p_cam = near[ahead], p_cam[ahead]
+        uv, valid = rec.camera.project(p_cam)
         near, uv = near[valid], uv[valid]
         h, w = depth.shape
         d = depth[np.clip(uv[:, 1].astype(np.int64), 0, h - 1), np.clip(uv[:, 0].astype(np.int64), 0, w - 1)]
-        z = p_cam[near, 2]
+        z = p_cam[valid, 2]
         seen = (d > 0) & (np.abs(d - z) <= config.depth_tolerance * z + config.voxel_m)
         obs_p.append(near[seen])
         obs_i.append(np.full(int(seen.sum()), i))

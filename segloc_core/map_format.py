@@ -250,7 +250,11 @@ class LabeledMap:
     @property
     def xyz(self) -> np.ndarray:
         """(N, 3) float64 positions in metres (frame `meta.frame_id`)."""
-        return self.origin_m + decode_positions(self.position_codes) * self.position_step_m
+        return self.xyz_of(slice(None))
+
+    def xyz_of(self, ids: np.ndarray | slice) -> np.ndarray:
+        """Positions of some points only (a query needs a few thousand of a large map)."""
+        return self.origin_m + decode_positions(self.position_codes[ids]) * self.position_step_m
 
     @property
     def confidence(self) -> np.ndarray:

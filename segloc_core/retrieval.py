@@ -162,8 +162,9 @@ def pose_prior(labeled_map: LabeledMap, retrieved: RetrievalResult,
     # highest confidence first, then most observed; stable so equal points keep map order
     order = np.lexsort((-labeled_map.n_observations[ids].astype(np.int64), -conf.astype(np.int64)))
     ids = ids[order[: config.max_points]]
-    return PosePrior(T, cov, retrieved, ids, labeled_map.xyz[ids] if len(ids) else np.zeros((0, 3)),
-                     labeled_map.labels[ids].astype(np.int64), labeled_map.confidence[ids])
+    return PosePrior(T, cov, retrieved, ids, labeled_map.xyz_of(ids),
+                     labeled_map.labels[ids].astype(np.int64),
+                     labeled_map.confidence_u8[ids].astype(np.float32) / 255.0)
 
 
 # ---------------------------------------------------------------------------------------------
