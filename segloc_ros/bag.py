@@ -552,7 +552,8 @@ def _record(node, out, topics, duration, stop, timeout_s, Writer, StoragePlugin,
             conn = writer.add_connection(topic, msgtype, typestore=store,
                                          offered_qos_profiles=[_qos_to_recorded(q) for q in offers])
             reliable = all(q.reliability == ReliabilityPolicy.RELIABLE for q in offers)
-            latched = all(q.durability == DurabilityPolicy.TRANSIENT_LOCAL for q in offers)
+            latched = bool(offers) and all(q.durability == DurabilityPolicy.TRANSIENT_LOCAL
+                                           for q in offers)
             qos = QoSProfile(
                 depth=max([100] + [q.depth for q in offers]),
                 reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
