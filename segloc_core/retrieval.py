@@ -143,9 +143,9 @@ def mean_pose(poses: list[Pose], weights: np.ndarray) -> Pose:
     return Pose(R, -R @ centre)
 
 
-def pose_prior(labeled_map: LabeledMap, retrieved: RetrievalResult,
-               config: RetrievalConfig = RetrievalConfig()) -> PosePrior:
-    """Pose prior from retrieved images (see module docstring for the two modes)."""
+def prior_pose(labeled_map: LabeledMap, retrieved: RetrievalResult,
+               config: RetrievalConfig = RetrievalConfig()) -> tuple[Pose, np.ndarray]:
+    """T_cam_world prior and its (6,6) covariance from retrieved images (no points: cheap)."""
     if len(retrieved.image_ids) == 0:
         raise InputError("no database image retrieved; the map has no images")
     poses = [labeled_map.images.T_cam_world(int(i)) for i in retrieved.image_ids]
@@ -156,7 +156,13 @@ def pose_prior(labeled_map: LabeledMap, retrieved: RetrievalResult,
     xi = np.stack([(p @ T.inv()).log() for p in poses])
     cov = (w[:, None, None] * xi[:, :, None] * xi[:, None, :]).sum(0) / w.sum()
     cov += np.diag([config.min_sigma_m ** 2] * 3 + [config.min_sigma_rad ** 2] * 3)
+    return T, cov
 
+
+def pose_prior(labeled_map: LabeledMap, retrieved: RetrievalResult,
+               config: RetrievalConfig = RetrievalConfig()) -> PosePrior:
+    """Pose prior from retrieved images (see module docstring for the two modes)."""
+    T, cov = prior_pose(labeled_map, retrieved, config)
     ids = labeled_map.points_of_images(retrieved.image_ids)
     conf = labeled_map.confidence_u8[ids]
     # highest confidence first, then most observed; stable so equal points keep map order
