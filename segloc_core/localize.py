@@ -72,13 +72,18 @@ class Fix:
 
     @property
     def position_std_m(self) -> float:
-        cov = self.covariance[:3, :3]
-        return float(np.sqrt(np.max(np.linalg.eigvalsh(cov)))) if np.all(np.isfinite(cov)) else np.inf
+        return _largest_std(self.covariance[:3, :3])
 
     @property
     def rotation_std_rad(self) -> float:
-        cov = self.covariance[3:, 3:]
-        return float(np.sqrt(np.max(np.linalg.eigvalsh(cov)))) if np.all(np.isfinite(cov)) else np.inf
+        return _largest_std(self.covariance[3:, 3:])
+
+
+def _largest_std(cov: np.ndarray) -> float:
+    """Square root of the largest eigenvalue of a 3x3 covariance block; inf if unknown."""
+    if not np.all(np.isfinite(cov)):
+        return float("inf")
+    return float(np.sqrt(max(float(np.max(np.linalg.eigvalsh(cov))), 0.0)))
 
 
 class Localizer:
@@ -93,6 +98,9 @@ class Localizer:
         self._xyz = labeled_map.xyz
         self._labels = labeled_map.labels.astype(np.int64)
         self._confidence = labeled_map.confidence
+        # ties in confidence are broken by a fixed random order, so a capped selection spreads
+        # over the whole view instead of taking the first points in map (voxel) order
+        self._tiebreak = np.random.default_rng(0).permutation(len(labeled_map))
         images = labeled_map.images
         self._db_R = np.stack([images.T_cam_world(i).R for i in range(len(images))])
         self._db_centres = -np.einsum("nji,nj->ni", self._db_R, images.t_cam_world_m)
@@ -119,7 +127,8 @@ class Localizer:
     def labeled_points(self, point_ids: np.ndarray) -> LabeledPoints:
         """The `max_points` most confident of `point_ids` as refiner input."""
         ids = np.asarray(point_ids, np.int64)
-        ids = ids[np.argsort(-self.map.confidence_u8[ids], kind="stable")][: self.config.max_points]
+        order = np.lexsort((self._tiebreak[ids], -self.map.confidence_u8[ids].astype(np.int16)))
+        ids = ids[order[: self.config.max_points]]
         return LabeledPoints(self._xyz[ids], self._labels[ids], self._confidence[ids])
 
     def localize(self, levels: Sequence[LevelInput], T_cam_world_prior: Pose, source: PriorSource,
@@ -143,8 +152,7 @@ class Localizer:
         if result.consistency < self.config.min_consistency:
             return (f"label consistency {result.consistency:.2f} < "
                     f"min_consistency {self.config.min_consistency:.2f}")
-        std = np.sqrt(np.max(np.linalg.eigvalsh(result.covariance[:3, :3]))) \
-            if np.all(np.isfinite(result.covariance)) else np.inf
+        std = _largest_std(result.covariance[:3, :3])
         if not std <= self.config.max_position_std_m:
             return f"position std {std:.2f} m > max_position_std_m {self.config.max_position_std_m}"
         return ""

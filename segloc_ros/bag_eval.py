@@ -37,6 +37,7 @@ class Recording:
     pose_wall_ns: dict[int, int] = field(default_factory=dict)
     prior_cam: dict[int, Pose] = field(default_factory=dict)       # T_map_cam (PA)
     status: dict[int, tuple[int, str]] = field(default_factory=dict)  # state, reason
+    status_wall_ns: dict[int, int] = field(default_factory=dict)
     rss_start_kb: dict[str, int] = field(default_factory=dict)
     rss_end_kb: dict[str, int] = field(default_factory=dict)
 
@@ -83,7 +84,9 @@ class _Recorder:
             self.rec.prior_cam[stamp_to_ns(msg.header.stamp)] = msg_to_pose(msg.pose.pose)
 
         def on_status(msg: LocalizationStatus) -> None:
-            self.rec.status[stamp_to_ns(msg.header.stamp)] = (int(msg.state), msg.reason)
+            stamp = stamp_to_ns(msg.header.stamp)
+            self.rec.status[stamp] = (int(msg.state), msg.reason)
+            self.rec.status_wall_ns.setdefault(stamp, time.monotonic_ns())
 
         self.node.create_subscription(Image, image_topic, on_image, qos_profile_sensor_data,
                                       raw=True)

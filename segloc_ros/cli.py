@@ -14,7 +14,10 @@ COMMANDS = {
     "eval": ("segloc_ros.bag_eval", core_cli.COMMANDS["eval"][1] + "; --bag replays through the graph"),
     "demo": ("segloc_ros.demo", "the whole product on the default world: render, map, replay, evaluate"),
 }
-BENCHES = {**core_cli.BENCHES}
+BENCHES = {
+    **core_cli.BENCHES,
+    "pipeline": ("segloc_ros.bench_pipeline", "the node graph on a world bag: latency, rate, drops"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

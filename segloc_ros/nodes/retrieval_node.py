@@ -1,5 +1,9 @@
 """retrieval_node: GlobalDescriptor -> segloc_msgs/PosePrior (top-k database images, prior pose).
 
+Only the pose is computed here; the refiner gathers the top-k images' points from its own copy
+of the map. Queries run in a worker behind a latest-wins slot, so a slow moment drops a stale
+descriptor instead of delaying every later prior.
+
 Retrieval answers on start, while the refiner is not tracking (its status says so), and when
 relocalization is requested through the `relocalize` service; while the refiner tracks, frames are
 left to its odometry-propagated priors and retrieval skips them (counted in diagnostics).
@@ -18,8 +22,8 @@ from segloc_msgs.srv import Relocalize
 from segloc_core.errors import InputError
 from segloc_core.map_format import load_map
 from segloc_core.paths import map_path
-from segloc_core.retrieval import RetrievalConfig, Retriever
-from segloc_ros.node_runtime import FrameStats, spin_node, start_diagnostics
+from segloc_core.retrieval import RetrievalConfig, Retriever, prior_pose
+from segloc_ros.node_runtime import FrameStats, LatestSlot, run_worker, spin_node, start_diagnostics
 from segloc_ros.params import NODE_PARAMS, declare
 from segloc_ros.pose_msgs import to_pose_with_covariance
 
@@ -38,12 +42,14 @@ class RetrievalNode(Node):
         self.force = False
         self.skipped_tracking = 0
         self.stats = FrameStats("segloc: retrieval_node")
+        self.slot: LatestSlot[GlobalDescriptor] = LatestSlot()
         self.pub = self.create_publisher(PosePrior, "prior", 10)
         self.create_subscription(GlobalDescriptor, "descriptor", self.on_descriptor, 10)
         self.create_subscription(LocalizationStatus, "status", self.on_status, 10)
         self.create_service(Relocalize, "relocalize", self.on_relocalize)
-        start_diagnostics(self, self.stats, None,
+        start_diagnostics(self, self.stats, self.slot,
                           lambda: {"skipped while tracking": str(self.skipped_tracking)})
+        self._worker = run_worker(self.slot, self.process, self)
 
     def on_status(self, msg: LocalizationStatus) -> None:
         self.tracking = msg.state == LocalizationStatus.STATE_TRACKING
@@ -59,21 +65,30 @@ class RetrievalNode(Node):
         if self.tracking and not (self.force or self.p["retrieve_while_tracking"]):
             self.skipped_tracking += 1
             return
+        self.slot.put(msg)
+
+    def process(self, msg: GlobalDescriptor) -> None:
         start = time.monotonic()
         try:
-            prior = self.retriever.prior(np.frombuffer(msg.data, np.float32))
+            retrieved = self.retriever.query(np.frombuffer(msg.data, np.float32))
+            T_cam_world, covariance = prior_pose(self.map, retrieved, self.retriever.config)
         except InputError as exc:
             self.stats.skip(str(exc))
             self.get_logger().warning(f"skipping descriptor: {exc}", throttle_duration_sec=5.0)
             return
         out = PosePrior(header=msg.header, source=PosePrior.SOURCE_RETRIEVAL, forced=self.force,
-                        image_ids=prior.retrieved.image_ids.astype(np.uint32).tolist(),
-                        scores=prior.retrieved.scores.astype(np.float32).tolist())
+                        image_ids=retrieved.image_ids.astype(np.uint32).tolist(),
+                        scores=retrieved.scores.astype(np.float32).tolist())
         out.header.frame_id = self.map.meta.frame_id
-        out.pose = to_pose_with_covariance(prior.T_cam_world.inv(), prior.covariance)
+        out.pose = to_pose_with_covariance(T_cam_world.inv(), covariance)
         self.force = False
         self.pub.publish(out)
         self.stats.done((time.monotonic() - start) * 1e3)
+
+
+    def close(self) -> None:
+        self.slot.close()
+        self._worker.join(timeout=5.0)
 
 
 def main() -> int:
