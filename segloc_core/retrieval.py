@@ -40,7 +40,7 @@ class RetrievalConfig:
     exact_max_images: int = 20_000  # above this many database images, use the HNSW index
     hnsw_m: int = 32  # graph degree
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 64  # search breadth: recall vs query time
+    hnsw_ef_search: int = 128  # search breadth: 64 gave recall@1 0.935, 128 0.975 at the same ~0.25 ms
     prior_mode: str = "weighted"  # "top1" or "weighted" (see module docstring)
     max_points: int = 20_000  # cap on the labeled points handed to the refiner
     min_sigma_m: float = 0.5  # covariance floor: position standard deviation, metres
