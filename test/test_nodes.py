@@ -1,0 +1,171 @@
+"""The three nodes on a real rclpy graph (separate processes started by the launcher, Fast DDS on
+loopback) with the shipped model: poses and TF for a world bag, a refiner killed mid-bag that
+recovers, and bad input (broken image, missing CameraInfo, missing transforms) that leaves every
+node running with a warning."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segloc_core.paths import default_model_path
+from segloc_ros.bag_eval import _Recorder
+from segloc_ros.graph import ros_environment
+
+MODEL = default_model_path()
+pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"shipped model {MODEL} missing")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A short traversal pair of the default world's layout at 320x240, its map and a bag."""
+    from segloc_core.map_build import BuildConfig
+    from segloc_core.maps import MapSource, build_map
+    from segloc_core.world import WorldConfig, load_world, render_world, write_world_bag
+
+    root = tmp_path_factory.mktemp("graph")
+    config = WorldConfig(frame_rate_hz=5.0, max_frames=50, conditions=("summer", "overcast"),
+                         mapping_condition="summer")
+    world = render_world(config, root / "world", progress=False)
+    map_path = root / "map.segmap"
+    build_map(MapSource("world", world), map_path, MODEL, BuildConfig(), progress=False)
+    ds = load_world(world)
+    bag = write_world_bag(ds, "overcast", root / "bag")
+    return {"root": root, "map": map_path, "bag": bag, "ds": ds}
+
+
+class Graph:
+    """The launcher in a subprocess with its output in a log file."""
+
+    def __init__(self, root: Path, map_path: Path, namespace: str):
+        self.log_path = root / f"{namespace}.log"
+        self.log = open(self.log_path, "w")
+        self.namespace = namespace
+        cmd = [sys.executable, "-m", "segloc_ros.cli", "launch", f"map:={map_path}",
+               f"namespace:={namespace}"]
+        self.process = subprocess.Popen(cmd, env=ros_environment(), stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def node_pid(self, name: str) -> int:
+        for pid in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split():
+            if f"segloc_ros.nodes.{name}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return int(pid)
+        raise LookupError(name)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(30)
+        self.log.close()
+        return code
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_world_bag_gives_poses_and_tf_and_refiner_restart_recovers(assets):
+    from segloc_ros.bag import play_bag
+    from segloc_ros.tf import TransformUnavailable, create_tf_lookup
+
+    graph = Graph(assets["root"], assets["map"], "nodes_a")
+    recorder = _Recorder("nodes_a", "/camera/image_raw")
+    tf = create_tf_lookup(recorder.node)
+    try:
+        _wait(recorder.graph_ready, 180, "the graph")
+        time.sleep(1.0)
+        stop = threading.Event()
+        player = threading.Thread(target=play_bag, args=(assets["bag"],),
+                                  kwargs={"delay_s": 1.0, "stop_event": stop})
+        player.start()
+        _wait(lambda: len(recorder.rec.pose) >= 3, 60, "three poses")
+        # REP 105: map->odom on /tf, from odom->base_link at the image stamp
+        T_map_odom = tf.lookup("map", "odom", 0)
+        assert np.all(np.isfinite(T_map_odom.matrix()))
+        killed_at = time.monotonic_ns()
+        os.kill(graph.node_pid("refiner_node"), signal.SIGKILL)
+        player.join(120)
+        _wait(lambda: any(recorder.rec.pose_wall_ns[s] > killed_at + 2e9 for s in recorder.rec.pose),
+              60, "a pose from the restarted refiner")
+        assert "restarted /nodes_a/refiner_node" in graph.text()
+    finally:
+        recorder.close()
+        code = graph.stop()
+    assert code == 0, graph.text()[-3000:]
+    # the refined poses are close to the ground truth (base_link in map)
+    from segloc_ros.bag_eval import read_bag_ground_truth
+
+    stamps, poses, _ = read_bag_ground_truth(assets["bag"])
+    gt = dict(zip(stamps.tolist(), poses))
+    errors = [np.linalg.norm(pose.t - gt[s].t) for s, pose in recorder.rec.pose.items()]
+    assert np.median(errors) < 1.0, errors
+
+
+def test_bad_input_leaves_every_node_running(assets):
+    import rclpy
+    from rclpy.node import Node
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from segloc_ros.image_conversion import camera_to_camera_info, numpy_to_image
+    from segloc_ros.tf import TransformBroadcaster, ns_to_stamp, pose_to_transform
+
+    ds = assets["ds"]
+    rec = ds.frames("overcast")[10]
+    rgb = ds.rgb(rec)
+    graph = Graph(assets["root"], assets["map"], "nodes_b")
+    recorder = _Recorder("nodes_b", "/camera/image_raw")
+    context = rclpy.Context()
+    context.init()
+    node = Node("bad_input_source", context=context)
+    images = node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+    infos = node.create_publisher(CameraInfo, "/camera/camera_info", qos_profile_sensor_data)
+    tf = TransformBroadcaster(node)
+
+    def frame(stamp_s: float, image: Image | None = None, with_info: bool = True) -> None:
+        stamp = ns_to_stamp(int(stamp_s * 1e9))
+        msg = image or numpy_to_image(rgb, "rgb8")
+        msg.header.stamp, msg.header.frame_id = stamp, "camera_optical_frame"
+        images.publish(msg)
+        if with_info:
+            info = camera_to_camera_info(rec.camera)
+            info.header.stamp, info.header.frame_id = stamp, "camera_optical_frame"
+            infos.publish(info)
+        time.sleep(0.5)
+
+    try:
+        _wait(recorder.graph_ready, 180, "the graph")
+        time.sleep(1.0)
+        broken = numpy_to_image(rgb, "rgb8")
+        broken.data = broken.data[:1000]                      # truncated buffer
+        frame(1.0, broken)
+        frame(2.0, with_info=False)                           # no CameraInfo for it
+        frame(3.0)                                            # fine, but no transforms at all
+        _wait(lambda: "no transform" in graph.text() or "Unknown frame" in graph.text(), 60,
+              "the refiner's missing-transform warning")
+        tf.send_static(pose_to_transform(ds.T_base_cam, "base_link", "camera_optical_frame", 0))
+        frame(4.0)                                            # static transform, still no odometry
+        _wait(lambda: 4_000_000_000 in recorder.rec.status, 60, "a status for the frame at 4 s")
+        text = graph.text()
+        assert "skipping frame: image data has" in text
+        assert "no CameraInfo on /camera/camera_info" in text
+        assert "no odometry at the image stamp" in text
+        assert "exited with code" not in text and graph.process.poll() is None
+    finally:
+        node.destroy_node()
+        context.try_shutdown()
+        recorder.close()
+        code = graph.stop()
+    assert code == 0
