@@ -40,6 +40,7 @@ class Recording:
     status_wall_ns: dict[int, int] = field(default_factory=dict)
     rss_start_kb: dict[str, int] = field(default_factory=dict)
     rss_end_kb: dict[str, int] = field(default_factory=dict)
+    rss_samples_kb: list[dict[str, int]] = field(default_factory=list)  # every 2 s of the replay
 
 
 def _stamp_of_raw(raw: bytes) -> int:
@@ -132,6 +133,11 @@ def _node_rss_kb(launcher_pid: int) -> dict[str, int]:
     return out
 
 
+def _sample_rss(launcher_pid: int, rec: Recording, done: threading.Event) -> None:
+    while not done.wait(2.0):
+        rec.rss_samples_kb.append(_node_rss_kb(launcher_pid))
+
+
 def replay(bag: Path, map_path: Path, model_path: Path | None = None, *, rate: float = 1.0,
            namespace: str = "segloc", image_topic: str = "/camera/image_raw",
            launch_args: dict[str, str] | None = None, drain_s: float = 5.0,
@@ -159,7 +165,13 @@ def replay(bag: Path, map_path: Path, model_path: Path | None = None, *, rate: f
             time.sleep(0.2)
         time.sleep(1.0)  # let the last discovery settle so no early frame is lost to matching
         recorder.rec.rss_start_kb = _node_rss_kb(launcher.pid)
+        playing = threading.Event()
+        sampler = threading.Thread(target=_sample_rss, args=(launcher.pid, recorder.rec, playing),
+                                   daemon=True)
+        sampler.start()
         play_bag(bag, rate=rate, clock=True, delay_s=2.0)
+        playing.set()
+        sampler.join()
         last_image = max(recorder.rec.image_wall_ns, default=None)
         deadline = time.monotonic() + drain_s
         while time.monotonic() < deadline and last_image not in recorder.rec.status:

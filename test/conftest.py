@@ -4,9 +4,47 @@ project's Fast DDS profile, set before anything imports rclpy."""
 import os
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 # Distinct per test process, so concurrent runs (CI next to a developer's run) do not cross-talk.
 os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds.xml"))
+
+
+def _build(root: Path, config, build_config) -> dict:
+    from segloc_core.maps import MapSource, build_map
+    from segloc_core.paths import default_model_path
+    from segloc_core.world import load_world, render_world, write_world_bag
+
+    world = render_world(config, root / "world", progress=False)
+    map_path = root / "map.segmap"
+    build_map(MapSource("world", world), map_path, default_model_path(), build_config, progress=False)
+    ds = load_world(world)
+    return {"root": root, "map": map_path, "ds": ds,
+            "bag": write_world_bag(ds, "overcast", root / "bag")}
+
+
+@pytest.fixture(scope="session")
+def graph_assets(tmp_path_factory):
+    """The default world's layout at 320x240: 50 frames at 5 Hz of summer (map, built with the
+    shipped model) and overcast (a bag), for tests that run the node graph."""
+    from segloc_core.map_build import BuildConfig
+    from segloc_core.world import WorldConfig
+
+    config = WorldConfig(frame_rate_hz=5.0, max_frames=50, conditions=("summer", "overcast"),
+                         mapping_condition="summer")
+    return _build(tmp_path_factory.mktemp("graph"), config, BuildConfig())
+
+
+@pytest.fixture(scope="session")
+def long_bag_assets(tmp_path_factory):
+    """1000 frames at 25 Hz, 160x120 (a whole loop): the long-replay memory check."""
+    from segloc_core.map_build import BuildConfig
+    from segloc_core.world import WorldConfig
+
+    config = WorldConfig(width=160, height=120, frame_rate_hz=25.0, max_frames=1000,
+                         conditions=("summer", "overcast"), mapping_condition="summer")
+    return _build(tmp_path_factory.mktemp("long"), config, BuildConfig(frame_stride=10))

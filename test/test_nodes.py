@@ -22,24 +22,6 @@ MODEL = default_model_path()
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"shipped model {MODEL} missing")
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """A short traversal pair of the default world's layout at 320x240, its map and a bag."""
-    from segloc_core.map_build import BuildConfig
-    from segloc_core.maps import MapSource, build_map
-    from segloc_core.world import WorldConfig, load_world, render_world, write_world_bag
-
-    root = tmp_path_factory.mktemp("graph")
-    config = WorldConfig(frame_rate_hz=5.0, max_frames=50, conditions=("summer", "overcast"),
-                         mapping_condition="summer")
-    world = render_world(config, root / "world", progress=False)
-    map_path = root / "map.segmap"
-    build_map(MapSource("world", world), map_path, MODEL, BuildConfig(), progress=False)
-    ds = load_world(world)
-    bag = write_world_bag(ds, "overcast", root / "bag")
-    return {"root": root, "map": map_path, "bag": bag, "ds": ds}
-
-
 class Graph:
     """The launcher in a subprocess with its output in a log file."""
 
@@ -76,18 +58,18 @@ def _wait(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def test_world_bag_gives_poses_and_tf_and_refiner_restart_recovers(assets):
+def test_world_bag_gives_poses_and_tf_and_refiner_restart_recovers(graph_assets):
     from segloc_ros.bag import play_bag
     from segloc_ros.tf import TransformUnavailable, create_tf_lookup
 
-    graph = Graph(assets["root"], assets["map"], "nodes_a")
+    graph = Graph(graph_assets["root"], graph_assets["map"], "nodes_a")
     recorder = _Recorder("nodes_a", "/camera/image_raw")
     tf = create_tf_lookup(recorder.node)
     try:
         _wait(recorder.graph_ready, 180, "the graph")
         time.sleep(1.0)
         stop = threading.Event()
-        player = threading.Thread(target=play_bag, args=(assets["bag"],),
+        player = threading.Thread(target=play_bag, args=(graph_assets["bag"],),
                                   kwargs={"delay_s": 1.0, "stop_event": stop})
         player.start()
         _wait(lambda: len(recorder.rec.pose) >= 3, 60, "three poses")
@@ -107,13 +89,13 @@ def test_world_bag_gives_poses_and_tf_and_refiner_restart_recovers(assets):
     # the refined poses are close to the ground truth (base_link in map)
     from segloc_ros.bag_eval import read_bag_ground_truth
 
-    stamps, poses, _ = read_bag_ground_truth(assets["bag"])
+    stamps, poses, _ = read_bag_ground_truth(graph_assets["bag"])
     gt = dict(zip(stamps.tolist(), poses))
     errors = [np.linalg.norm(pose.t - gt[s].t) for s, pose in recorder.rec.pose.items()]
     assert np.median(errors) < 1.0, errors
 
 
-def test_bad_input_leaves_every_node_running(assets):
+def test_bad_input_leaves_every_node_running(graph_assets):
     import rclpy
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
@@ -122,10 +104,10 @@ def test_bad_input_leaves_every_node_running(assets):
     from segloc_ros.image_conversion import camera_to_camera_info, numpy_to_image
     from segloc_ros.tf import TransformBroadcaster, ns_to_stamp, pose_to_transform
 
-    ds = assets["ds"]
+    ds = graph_assets["ds"]
     rec = ds.frames("overcast")[10]
     rgb = ds.rgb(rec)
-    graph = Graph(assets["root"], assets["map"], "nodes_b")
+    graph = Graph(graph_assets["root"], graph_assets["map"], "nodes_b")
     recorder = _Recorder("nodes_b", "/camera/image_raw")
     context = rclpy.Context()
     context.init()
