@@ -63,13 +63,16 @@ class LabeledPoints:
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """psi: Cauchy scale on |r|; lm: damping/stopping per level; max_translation_m: a final pose
+    """psi: Cauchy scale on |r|; lm: damping/stopping on the coarser levels, which only need to land
+    in the basin of the next level; lm_finest: on the finest level, which sets the accuracy (a street's
+    forward translation is weakly observed, so it needs smaller steps to stop); max_translation_m: a final pose
     farther than this from the initial one is reported as diverged; points_per_pixel caps the points
     used at a level to points_per_pixel * W * H (a fixed random subset, nested across levels): a
     40x30 level cannot tell 5000 points apart, so coarse iterations stay cheap."""
 
     psi: float = 0.1
     lm: LMConfig = field(default_factory=LMConfig)
+    lm_finest: LMConfig = field(default_factory=lambda: LMConfig(step_tol=0.03, cost_rtol=1e-4))
     max_translation_m: float = 5.0
     points_per_pixel: float = 0.5
 
@@ -241,16 +244,15 @@ class _LevelObjective:
         """Project all points; return indices of the valid ones, their cells, camera points (3,n)
         and d uv / d p_cam (2,3,n)."""
         P = T.R @ self.xyz_t + T.t[:, None]
-        uv, front, _ = self.camera.project_columns(P, with_jacobian=False)
+        uv, front, J = self.camera.project_columns(P, with_jacobian)
         x, y = uv[0] - 0.5, uv[1] - 0.5  # continuous pixel-centre indices
         with np.errstate(invalid="ignore"):
             ok = np.flatnonzero(front & (x >= 0) & (x <= self.W - 1) & (y >= 0) & (y <= self.H - 1))
-        x, y, P = x[ok], y[ok], P[:, ok]
+        x, y = x[ok], y[ok]
         x0 = np.minimum(x.astype(np.int64), self.W - 2)
         y0 = np.minimum(y.astype(np.int64), self.H - 2)
         cell = _Cell(y0 * self.W + x0 + self.offsets, x - x0, y - y0)
-        J = self.camera.project_columns(P)[2] if with_jacobian else None
-        return ok, cell, P, J
+        return ok, cell, P[:, ok], (J[:, :, ok] if with_jacobian else None)
 
     def linearize(self, T: Pose) -> Linearization:
         ok, cell, p, Jp = self.cells(T, with_jacobian=True)
@@ -259,23 +261,27 @@ class _LevelObjective:
         c, e_u, e_v, (guu, guv, gvv) = self.sampler.sample(cell, self.labels[ok])
         point_costs = np.full(len(self.labels), np.nan)
         point_costs[ok] = w * _cauchy(c, self.psi)
-        omega = w / (1.0 + c / (self.psi * self.psi))  # 2 w rho'(c): IRLS weight of the Cauchy loss
-        # d uv / d xi = d uv / d p [I, -[p]_x]; a row a of d uv / d p gives [a, p x a]
-        px, py, pz = p
-        J = np.empty((2, 6, n))
+        omega = (w / (1.0 + c / (self.psi * self.psi))).astype(np.float32)  # 2 w rho'(c): IRLS weight
+        # d uv / d xi = d uv / d p [I, -[p]_x]; a row a of d uv / d p gives [a, p x a]. In float32:
+        # the normal equations need ~1e-6 relative precision, and the products are memory bound.
+        px, py, pz = p.astype(np.float32)
+        J = np.empty((2, 6, n), np.float32)
         J[:, :3] = Jp
         for k in range(2):
-            ax, ay, az = Jp[k]
+            ax, ay, az = J[k, :3]
             J[k, 3] = py * az - pz * ay
             J[k, 4] = pz * ax - px * az
             J[k, 5] = px * ay - py * ax
         J0, J1 = J
-        Hm = (J0 * omega) @ (guu * J0 + guv * J1).T + (J1 * omega) @ (guv * J0 + gvv * J1).T
+        Hm = ((J0 * omega) @ (guu * J0 + guv * J1).T
+              + (J1 * omega) @ (guv * J0 + gvv * J1).T).astype(np.float64)
+        Hm = 0.5 * (Hm + Hm.T)  # exactly symmetric despite float32 rounding
         g = J0 @ (omega * e_u) + J1 @ (omega * e_v)
         JJ = J.reshape(12, n) @ J.reshape(12, n).T
-        metric = (JJ[:6, :6] + JJ[6:, 6:]) / max(n, 1)  # xi^T M xi: mean squared displacement (px^2)
+        metric = (JJ[:6, :6] + JJ[6:, 6:]).astype(np.float64) / max(n, 1)  # mean sq. displacement (px^2)
         sigma2 = float(omega @ c) / max(n - 6, 1)
-        return Linearization(float(point_costs[ok].sum()), point_costs, Hm, g, n, sigma2, metric)
+        return Linearization(float(point_costs[ok].sum()), point_costs, Hm, g.astype(np.float64), n,
+                             sigma2, metric)
 
     def consistency(self, T: Pose, reductions: np.ndarray, probs: np.ndarray) -> tuple[int, float]:
         """(visible points, share whose label is the argmax at their nearest pixel)."""
@@ -349,11 +355,11 @@ def _refine(levels, points, T_init, config, sampler_cls) -> RefineResult:
     costs: list[np.ndarray] = []
     iterations = 0
     status = "converged"
-    for lv in levels:
+    for i, lv in enumerate(levels):
         _, H, W = lv.probs.shape
         level_points = _subset(points, order, int(np.ceil(config.points_per_pixel * H * W)))
         obj = _LevelObjective(lv, level_points, config, sampler_cls(lv))
-        trace = run_lm(obj, T, config.lm)
+        trace = run_lm(obj, T, config.lm_finest if i == len(levels) - 1 else config.lm)
         costs.append(trace.costs)
         iterations += trace.iterations
         T, lin, status = trace.T, trace.lin, trace.status

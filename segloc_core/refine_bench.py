@@ -39,7 +39,7 @@ from segloc_core.refine_scenes import LEVEL_SIZES_320, PlaneScene, map_points_fr
 log = logging.getLogger(__name__)
 
 SUCCESS_M, SUCCESS_DEG = 0.05, 0.5
-VOXEL_M = 3.0  # oracle clusters: a material id split into world voxels of this size
+VOXEL_M = 1.0  # oracle clusters: a material id split into world voxels of this size (metres)
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 

@@ -120,7 +120,7 @@ def test_converges_from_small_offsets_on_clean_maps(scene_data, offset):
     assert dt < 0.02 and dr < 0.15, (dt, dr)  # 1 px = 0.46 deg at 160x120
     # ... and a start 0.2-0.4 m, 2-4 deg off lands on it
     dt, dr = pose_error(res.T_cam_world, minimum)
-    assert dt < 1e-3 and dr < 5e-3, (dt, dr)
+    assert dt < 2e-3 and dr < 1e-2, (dt, dr)  # 1/50 px; the normal equations are float32
     assert res.consistency > 0.85  # the rest sit within half a pixel of a label boundary
     assert len(res.costs) == len(levels) and all(len(c) >= 1 for c in res.costs)
     # the K-dimensional baseline on the same core lands on the same pose
