@@ -211,7 +211,8 @@ class Camera:
         params = np.asarray(self.params, dtype=np.float64).reshape(-1)
         names = CAMERA_MODELS[self.model]
         if params.shape != (len(names),) or not np.all(np.isfinite(params)):
-            raise InputError(f"{self.model} camera needs {len(names)} finite params {names}, got {self.params}")
+            raise InputError(f"{self.model} camera needs {len(names)} finite params {names}, "
+                             f"got {self.params}")
         if int(self.width) <= 0 or int(self.height) <= 0:
             raise InputError(f"camera size must be positive, got {self.width}x{self.height}")
         object.__setattr__(self, "params", params)

@@ -20,12 +20,13 @@ from segloc_core.geometry import Pose
 class Linearization:
     """Normal equations at a pose, for the left-update twist xi = [rho (m), omega (rad)].
 
-    cost: robust cost E (sum over the valid points); point_costs (N,): each point's share, NaN where
-    it is not valid (LM compares two poses on the points valid at both, so that a step can neither
-    gain nor lose by moving points out of or into view); H: (6,6) Gauss-Newton Hessian of E; g: (6,) gradient of E;
-    num_valid: points that contributed; sigma2: weighted mean squared residual per valid point;
-    metric: (6,6) M such that sqrt(xi^T M xi) is the size of a step in the objective's own unit
-    (for image alignment: the RMS displacement of the points in pixels), used to stop.
+    cost: robust cost E (sum over the valid points); point_costs (N,): each point's share, NaN
+    where it is not valid (LM compares two poses on the points valid at both, so that a step can
+    neither gain nor lose by moving points out of or into view); H: (6,6) Gauss-Newton Hessian of
+    E; g: (6,) gradient of E; num_valid: points that contributed; sigma2: weighted mean squared
+    residual per valid point; metric: (6,6) M such that sqrt(xi^T M xi) is the size of a step in
+    the objective's own unit (for image alignment: the RMS displacement of the points in pixels),
+    used to stop.
     """
 
     cost: float

@@ -64,9 +64,10 @@ class LabeledPoints:
 @dataclass(frozen=True)
 class RefineConfig:
     """psi: Cauchy scale on |r|; lm: damping/stopping on the coarser levels, which only need to land
-    in the basin of the next level; lm_finest: on the finest level, which sets the accuracy (a street's
-    forward translation is weakly observed, so it needs smaller steps to stop); max_translation_m: a final pose
-    farther than this from the initial one is reported as diverged; points_per_pixel caps the points
+    in the basin of the next level; lm_finest: on the finest level, which sets the accuracy (a
+    street's forward translation is weakly observed, so it needs smaller steps to stop);
+    max_translation_m: a final pose farther than this from the initial one is reported as
+    diverged; points_per_pixel caps the points
     used at a level to points_per_pixel * W * H (a fixed random subset, nested across levels): a
     40x30 level cannot tell 5000 points apart, so coarse iterations stay cheap."""
 
@@ -329,7 +330,8 @@ def _check_inputs(levels: Sequence[LevelInput], points: LabeledPoints, T: Pose) 
     if not np.all(np.isfinite(xyz)):
         raise InputError("points.xyz contains NaN or infinite coordinates")
     if labels.shape != (xyz.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"points.labels must be ({xyz.shape[0]},) integers, got {labels.dtype} {labels.shape}")
+        raise InputError(f"points.labels must be ({xyz.shape[0]},) integers, "
+                         f"got {labels.dtype} {labels.shape}")
     if labels.min() < 0 or labels.max() >= K:
         raise InputError(f"points.labels must lie in [0, {K}) for K={K} maps, got "
                          f"[{labels.min()}, {labels.max()}]")

@@ -6,12 +6,13 @@ is loaded). `ms_per_refine` is the median CPU time of the calling process per `r
 the segmentation output -- probabilities plus reductions -- to the pose), which on this shared
 machine is the honest measure of one thread's work; wall-clock medians are reported beside it.
 
-Accuracy: oracle probability maps from the world's rendered ids (see `_oracle_labels`), one-hot,
-area-pooled per level, blurred (1 px), with a rectangle occluded by a foreground class the map does
-not contain; map points are back-projected from a reference frame's depth (mapping condition), 20%
-of them with a wrong (flipped) label, and refined against a nearby query frame of another
-condition, starting up to 1.5 m and 8 degrees off. Success: within 0.05 m and 0.5 degrees. The basin adds starts up to
-3 m and 16 degrees and plots success rate against the initial error (PNG).
+Accuracy: oracle probability maps from the world's rendered ids split into 1 m world voxels
+(`_oracle_labels`), one-hot, area-pooled per level, blurred (1 px), with a car-sized rectangle
+occluded by a foreground class the map does not contain; map points are back-projected from a
+reference frame's depth (mapping condition), 20% of them with a wrong (flipped) label, and refined
+against a nearby query frame of another condition, starting up to 1.5 m and 8 degrees off.
+Success: within 0.05 m and 0.5 degrees. The basin adds starts up to 3 m and 16 degrees and plots
+success rate against the initial error (PNG).
 """
 
 from __future__ import annotations
