@@ -105,7 +105,7 @@ def _mapping_options(pycolmap):
     options = pycolmap.IncrementalPipelineOptions()
     options.mapper.init_min_tri_angle = 4.0  # degrees (default 16)
     options.mapper.init_max_forward_motion = 0.999  # default 0.95 rejects driving sequences
-    options.mapper.init_min_num_inliers = 50  # default 100
+    options.mapper.init_min_num_inliers = 30  # default 100
     options.min_model_size = 2
     options.num_threads = 2
     return options
@@ -116,6 +116,7 @@ def _extract_and_match(pycolmap, db: Path, image_dir: Path, max_image_size: int,
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.max_image_size = max_image_size
     extraction.num_threads = 2
+    extraction.sift.peak_threshold = 0.002  # default 0.0067 finds too few on small or smooth images
     reader = pycolmap.ImageReaderOptions()
     if camera is not None:  # known intrinsics: keep them instead of guessing a focal length
         reader.camera_model = camera.model

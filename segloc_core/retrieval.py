@@ -159,15 +159,35 @@ def prior_pose(labeled_map: LabeledMap, retrieved: RetrievalResult,
     return T, cov
 
 
+def prior_pose(labeled_map: LabeledMap, retrieved: RetrievalResult,
+               config: RetrievalConfig = RetrievalConfig()) -> tuple[Pose, np.ndarray]:
+    """(T_cam_world, 6x6 covariance) from the retrieved images' poses (see module docstring)."""
+    if len(retrieved.image_ids) == 0:
+        raise InputError("no database image retrieved; the map has no images")
+    poses = [labeled_map.images.T_cam_world(int(i)) for i in retrieved.image_ids]
+    # similarities can be negative; weights are shifted so the worst retrieved image still counts a little
+    s = retrieved.scores.astype(np.float64)
+    w = s - s.min() + 1e-3
+    T = poses[0] if config.prior_mode == "top1" else mean_pose(poses, w)
+    xi = np.stack([(p @ T.inv()).log() for p in poses])
+    cov = (w[:, None, None] * xi[:, :, None] * xi[:, None, :]).sum(0) / w.sum()
+    cov += np.diag([config.min_sigma_m ** 2] * 3 + [config.min_sigma_rad ** 2] * 3)
+    return T, cov
+
+
+def prior_point_ids(labeled_map: LabeledMap, image_ids: np.ndarray, max_points: int) -> np.ndarray:
+    """Points seen by any of the images, highest label confidence first (then most observed), capped."""
+    ids = labeled_map.points_of_images(image_ids)
+    order = np.lexsort((-labeled_map.n_observations[ids].astype(np.int64),
+                        -labeled_map.confidence_u8[ids].astype(np.int64)))
+    return ids[order[:max_points]]
+
+
 def pose_prior(labeled_map: LabeledMap, retrieved: RetrievalResult,
                config: RetrievalConfig = RetrievalConfig()) -> PosePrior:
-    """Pose prior from retrieved images (see module docstring for the two modes)."""
+    """Pose, covariance and the labeled points of the retrieved images."""
     T, cov = prior_pose(labeled_map, retrieved, config)
-    ids = labeled_map.points_of_images(retrieved.image_ids)
-    conf = labeled_map.confidence_u8[ids]
-    # highest confidence first, then most observed; stable so equal points keep map order
-    order = np.lexsort((-labeled_map.n_observations[ids].astype(np.int64), -conf.astype(np.int64)))
-    ids = ids[order[: config.max_points]]
+    ids = prior_point_ids(labeled_map, retrieved.image_ids, config.max_points)
     return PosePrior(T, cov, retrieved, ids, labeled_map.xyz_of(ids),
                      labeled_map.labels[ids].astype(np.int64),
                      labeled_map.confidence_u8[ids].astype(np.float32) / 255.0)

@@ -11,7 +11,7 @@ from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
 from segloc_core.map_format import Cameras, DatabaseImages, MapMetadata, assemble_map
 from segloc_core.retrieval import (DescriptorIndex, RetrievalConfig, RetrievalResult, Retriever,
-                                   mean_pose, pose_prior, run_bench)
+                                   mean_pose, pose_prior, prior_pose, run_bench)
 
 D = 32
 
@@ -68,6 +68,8 @@ def test_weighted_prior_averages_and_covariance_reflects_spread():
     # spread along x of +-2 m shows up in that axis' variance (camera z is world x here)
     sigma = np.sqrt(np.diag(prior.covariance))
     assert sigma[2] > 1.0 and sigma[0] < 0.1 and sigma[1] < 0.1
+    T, cov = prior_pose(m, res, cfg)  # the pose-only path the retrieval node uses
+    assert np.allclose(T.matrix(), prior.T_cam_world.matrix()) and np.allclose(cov, prior.covariance)
     tight = pose_prior(m, RetrievalResult(np.array([10]), np.array([0.9], np.float32)), cfg)
     assert np.sqrt(np.diag(tight.covariance)).max() == pytest.approx(0.01)
 
