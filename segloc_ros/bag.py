@@ -19,6 +19,7 @@ import logging
 import signal
 import sqlite3
 import struct
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from rosbags.typesys.store import Typestore
 
 LOG = logging.getLogger(__name__)
+
 
 def _reader_errors() -> tuple[type[BaseException], ...]:
     """What reading a damaged bag raises: bad chunk, truncated record, broken sqlite page, failed
@@ -373,8 +375,8 @@ def _play(reader, chosen, publishers, remaps, clock_pub, clock_hz, rate, loop, o
     timing, errors = _Timing(), []
     clock_period_ns = int(1e9 / clock_hz) if clock_pub else 0
     clock_count, passes, skipped, bag_ns = 0, 0, 0, 0
-    if delay_s > 0 and stop.wait(delay_s):
-        stop.set()
+    if delay_s > 0:
+        stop.wait(delay_s)
     wall_first = wall_last = None
     stopped = stop.is_set()
     while not stopped:
@@ -436,8 +438,6 @@ def _share_dir(package: str) -> Path | None:
 
         return Path(get_package_share_directory(package))
     except (ImportError, LookupError, ValueError, OSError):  # OSError: no AMENT_PREFIX_PATH
-        import sys
-
         candidate = Path(sys.prefix) / "share" / package
         return candidate if candidate.is_dir() else None
 
