@@ -85,7 +85,7 @@ def test_world_map_labels_follow_ground_truth(tiny_world, tmp_path):
     assert np.linalg.norm(m.xyz - m.xyz.mean(0), axis=1).max() < 500
 
 
-def test_world_map_end_to_end_with_a_real_segmenter(tiny_world, untrained_model, tmp_path):
+def test_world_map_end_to_end_with_a_real_segmenter(tiny_world, untrained_model, tmp_path, capsys):
     from segloc_core.maps import MapSource, build_map
 
     out = tmp_path / "world.segmap"
@@ -98,6 +98,22 @@ def test_world_map_end_to_end_with_a_real_segmenter(tiny_world, untrained_model,
     assert size_report(out).bytes_per_point <= 16.0
     # the CLI reports the same figures
     assert main(["map", "info", str(out)]) == 0
+    # `segloc retrieve` with a database image as query finds that image first
+    import json
+
+    import cv2
+
+    from segloc_core.world import load_world
+
+    ds = load_world(tiny_world)
+    rec = ds.frames(ds.mapping_condition)[5]
+    query = tmp_path / "query.png"
+    cv2.imwrite(str(query), ds.rgb(rec)[:, :, ::-1])
+    capsys.readouterr()
+    assert main(["retrieve", str(query), "--map", str(out), "--model", str(untrained_model), "--top-k", "3"]) == 0
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert answer["top_k"][0] == loaded.images.names[5] and answer["scores"][0] > 0.99
+    assert answer["points"] > 0
     data = bytearray(out.read_bytes())
     data[len(data) // 2] ^= 0xFF
     (tmp_path / "bad.segmap").write_bytes(bytes(data))
