@@ -1,5 +1,6 @@
 """Localizer: refine + gate + tracking state machine, on the tiny world with oracle probability
-maps (rendered surface ids) and a map labeled with the same ids; and query-set loading."""
+maps and a map labeled by voting over the same oracle labels (surface ids split into 1 m world
+voxels, as the refiner benchmark does: SegLoc's clusters are that fine); and query-set loading."""
 
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from segloc_core.geometry import Pose, pose_error
 from segloc_core.localize import Localizer, LocalizerConfig, PriorSource, State
 from segloc_core.map_build import BuildConfig, finish_map, sample_nearest, vote_labels, world_geometry
 from segloc_core.query_sets import load_query_set
+from segloc_core.refine_bench import Frame, _oracle_labels
 from segloc_core.refine_scenes import oracle_levels
 
 K = 50
@@ -24,7 +26,7 @@ def world_and_map(tmp_path_factory):
     path = render_tiny_world(tmp_path_factory.mktemp("world"))
     ds = load_world(path)
     geo = world_geometry(path, BuildConfig(), progress=False)
-    ids = [ds.ids(r) % K for r in ds.frames(ds.mapping_condition)]
+    ids = [_labels(ds, r) for r in ds.frames(ds.mapping_condition)]
 
     def lookup(img, uv):
         return sample_nearest(np.eye(K, dtype=np.float32)[ids[img]].transpose(2, 0, 1), uv)
@@ -34,9 +36,13 @@ def world_and_map(tmp_path_factory):
     return ds, finish_map(geo, labels, agreement, raw, K, "ground-truth", BuildConfig(min_agreement=0.6))
 
 
+def _labels(ds, rec) -> np.ndarray:
+    return _oracle_labels(Frame(rec.camera, rec.T_cam_world, ds.ids(rec), ds.depth(rec)), K)
+
+
 def _query(ds, condition: str, index: int):
     rec = ds.frames(condition)[index]
-    return rec, oracle_levels(ds.ids(rec) % K, K, rec.camera, LEVELS_160, blur_px=1.0)
+    return rec, oracle_levels(_labels(ds, rec), K, rec.camera, LEVELS_160, blur_px=1.0)
 
 
 def test_accepts_refined_fix_and_tracks(world_and_map):
@@ -55,7 +61,7 @@ def test_accepts_refined_fix_and_tracks(world_and_map):
     nxt, levels = _query(ds, "winter", 6)
     motion = rec.T_cam_world @ nxt.T_cam_world.inv()   # T_camprev_camnew, as odometry gives it
     predicted = localizer.propagate(motion)
-    assert pose_error(predicted, nxt.T_cam_world)[0] < 1e-6
+    assert pose_error(predicted, nxt.T_cam_world)[0] < 0.05  # the last fix's error, moved
     fix = localizer.localize(levels, predicted, PriorSource.TRACKING)   # points near the prior
     assert fix.accepted and localizer.state == State.TRACKING
 
