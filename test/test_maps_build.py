@@ -138,6 +138,14 @@ def test_maupertuis_colmap_import(untrained_model, tmp_path, capsys):
     uv, valid = geo.cameras[i].project(geo.T_cam_world[i].transform(geo.xyz_m[obs.point_index[sel]]))
     assert valid.all() and np.median(np.linalg.norm(uv - obs.uv[sel], axis=1)) < 2.0
 
+    # the same model in COLMAP's binary format imports identically
+    import pycolmap
+
+    (tmp_path / "bin").mkdir()
+    pycolmap.Reconstruction(str(rec_dir)).write_binary(str(tmp_path / "bin"))
+    geo_bin = colmap_geometry(tmp_path / "bin", MAUPERTUIS / "colmap" / "images")
+    assert np.array_equal(geo_bin.xyz_m, geo.xyz_m) and np.array_equal(geo_bin.observations.uv, obs.uv)
+
     out = tmp_path / "maupertuis.segmap"
     assert main(["map", "import", str(rec_dir), "--model", str(untrained_model), "--min-agreement", "0",
                  "-o", str(out)]) == 0
