@@ -36,6 +36,7 @@ class BuildConfig:
     max_depth_m: float = 60.0  # farther surface samples are too sparse to be useful
     depth_tolerance: float = 0.03  # relative depth disagreement that still counts as visible
     frame_stride: int = 1  # use every n-th mapping frame as a database image
+    skip_dynamic: bool = True  # no points on parked cars and bins (world ids say which): they move
 
 
 @dataclass(frozen=True)
@@ -191,9 +192,11 @@ def finish_map(geometry: MapGeometry, labels: np.ndarray, agreement: np.ndarray,
 
 def world_geometry(world_path: Path, config: BuildConfig = BuildConfig(), condition: str | None = None,
                    progress: bool = True) -> MapGeometry:
-    """Surface points of the world's mapping traversal: depth back-projected, voxel-deduplicated,
-    then re-observed in every database image with a depth test (so visibility is exact)."""
+    """Surface points of the world's mapping traversal: depth back-projected (static surfaces
+    only, by default), voxel-deduplicated, then re-observed in every database image with a depth
+    test (so visibility is exact and occlusion, by cars too, is respected)."""
     from segloc_core.world import load_world
+    from segloc_core.world.materials import DYNAMIC_IDS
 
     ds = load_world(world_path)
     frames = ds.frames(condition or ds.mapping_condition)[:: config.frame_stride]
@@ -207,6 +210,8 @@ def world_geometry(world_path: Path, config: BuildConfig = BuildConfig(), condit
         uv = rec.camera.pixel_centers()[:: config.pixel_stride, :: config.pixel_stride].reshape(-1, 2)
         z = depth[:: config.pixel_stride, :: config.pixel_stride].reshape(-1).astype(np.float64)
         ok = (z > 0) & (z < config.max_depth_m)
+        if config.skip_dynamic:
+            ok &= ~np.isin(ds.ids(rec)[:: config.pixel_stride, :: config.pixel_stride].reshape(-1), DYNAMIC_IDS)
         p_world = rec.T_cam_world.inv().transform(rec.camera.unproject(uv[ok]) * z[ok, None])
         keys_all.append(np.floor(p_world / config.voxel_m).astype(np.int64))
         pts_all.append(p_world)

@@ -74,6 +74,12 @@ def test_world_map_labels_follow_ground_truth(tiny_world, tmp_path):
 
     labels, agreement = vote_labels(geo.observations, lookup, len(geo.xyz_m), progress=False)
     observed = labels >= 0
+    from segloc_core.world.materials import DYNAMIC_IDS
+
+    first_obs = np.unique(geo.observations.point_index, return_index=True)[1]
+    obs = geo.observations
+    hit = np.array([ids[i][int(v), int(u)] for i, (u, v) in zip(obs.image_index[first_obs], obs.uv[first_obs])])
+    assert np.isin(hit, DYNAMIC_IDS).mean() < 0.01  # (only where a car now hides a static point)
     assert observed.mean() > 0.99
     assert np.median(agreement[observed]) == 1.0  # surfaces keep their id across views
     raw = np.random.default_rng(0).standard_normal((len(geo.names), 40)).astype(np.float32)
