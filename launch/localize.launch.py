@@ -28,7 +28,7 @@ def _nodes(context):
 
 
 def generate_launch_description() -> LaunchDescription:
-    env = ros_environment({})
+    env = ros_environment()  # the user's own values win; else loopback and our profile
     return LaunchDescription([
         *[DeclareLaunchArgument(arg.name, default_value=arg.default, description=arg.description)
           for arg in LAUNCH_ARGUMENTS],
