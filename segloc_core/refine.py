@@ -230,14 +230,14 @@ def _cauchy(c: np.ndarray, psi: float) -> np.ndarray:
 class _LevelObjective:
     """Robust cost and normal equations of one level; the sampler is the only variant-specific part."""
 
-    def __init__(self, level: LevelInput, points: LabeledPoints, cfg: RefineConfig, sampler):
+    def __init__(self, level: LevelInput, points: LabeledPoints, psi: float, sampler):
         self.camera = level.camera
         self.H, self.W = level.probs.shape[1:]
         self.xyz_t = np.ascontiguousarray(np.asarray(points.xyz, dtype=np.float64).T)  # (3,N)
         self.labels = np.asarray(points.labels, dtype=np.int64)
         self.weights = (np.ones(len(self.labels)) if points.weights is None
                         else np.asarray(points.weights, dtype=np.float64))
-        self.psi = cfg.psi
+        self.psi = psi
         self.sampler = sampler
         self.offsets = np.array([0, 1, self.W, self.W + 1])[:, None]
 
@@ -360,7 +360,7 @@ def _refine(levels, points, T_init, config, sampler_cls) -> RefineResult:
     for i, lv in enumerate(levels):
         _, H, W = lv.probs.shape
         level_points = _subset(points, order, int(np.ceil(config.points_per_pixel * H * W)))
-        obj = _LevelObjective(lv, level_points, config, sampler_cls(lv))
+        obj = _LevelObjective(lv, level_points, config.psi, sampler_cls(lv))
         trace = run_lm(obj, T, config.lm_finest if i == len(levels) - 1 else config.lm)
         costs.append(trace.costs)
         iterations += trace.iterations

@@ -72,8 +72,8 @@ def test_reduced_sampler_equals_direct_k_dimensional_residuals(scene_data):
     labels_q, points = scene_data
     level = _levels(labels_q, blur_px=1.0)[-1]
     T = Pose.exp([0.03, 0.01, -0.02, 0.01, 0.003, -0.002]) @ T_QUERY
-    a = _LevelObjective(level, points, RefineConfig(), _ReducedSampler(level)).linearize(T)
-    b = _LevelObjective(level, points, RefineConfig(), _DirectSampler(level)).linearize(T)
+    a = _LevelObjective(level, points, 0.1, _ReducedSampler(level)).linearize(T)
+    b = _LevelObjective(level, points, 0.1, _DirectSampler(level)).linearize(T)
     assert a.num_valid == b.num_valid > 1000
     assert a.cost == pytest.approx(b.cost, rel=1e-5)
     np.testing.assert_allclose(a.g, b.g, atol=1e-5 * np.abs(b.g).max())
@@ -85,7 +85,7 @@ def test_gradient_matches_numerical_derivative_of_cost(scene_data, sampler):
     """g of the normal equations is the exact gradient of the robust cost (all Jacobians chained)."""
     labels_q, points = scene_data
     level = _levels(labels_q, blur_px=1.5)[-1]
-    obj = _LevelObjective(level, points, RefineConfig(), sampler(level))
+    obj = _LevelObjective(level, points, 0.1, sampler(level))
     T = Pose.exp([0.03, -0.02, 0.05, 0.004, -0.003, 0.002]) @ T_QUERY
     lin = obj.linearize(T)
     keep = np.isfinite(lin.point_costs)  # compare on a fixed point set
