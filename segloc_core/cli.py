@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Callable, Mapping, Sequence
 
-from segloc_core.errors import EXIT_INTERRUPTED, EXIT_OK, SeglocError
+from segloc_core.errors import EXIT_INTERRUPTED, EXIT_OK, DependencyError, SeglocError
 
 # name -> (module, one-line help). Library commands only; segloc_ros.cli adds the ROS ones.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,7 +43,10 @@ BENCHES: dict[str, tuple[str, str]] = {
 def _load(module: str, attr: str) -> Callable[[argparse.ArgumentParser], None]:
     try:
         return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
+    except ImportError as exc:  # a missing or broken dependency below the command's module
+        raise DependencyError(f"`{module}` cannot be imported ({exc}); run `make setup` in the "
+                              "segloc checkout to (re)install the venv") from exc
+    except AttributeError as exc:
         raise SeglocError(f"{module}.{attr} is not available: {exc}") from exc
 
 

@@ -50,3 +50,12 @@ def test_cli_exit_codes(args, code):
     if code == 4:
         assert out.stderr.startswith("segloc: error:")
 
+
+
+def test_missing_dependency_names_the_fix():
+    """A command whose module cannot import exits 3 with one line that says how to fix it."""
+    script = ("import sys; sys.modules['faiss'] = None;"  # what a broken faiss install looks like
+              "from segloc_ros.cli import main; sys.exit(main(['bench', 'retrieval']))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stderr
+    assert "make setup" in out.stderr and "faiss" in out.stderr
