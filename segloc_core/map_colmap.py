@@ -1,8 +1,9 @@
 """Map geometry from COLMAP models, kapture data sets and plain images (pycolmap).
 
 Three ways in, one result (`map_build.MapGeometry`):
-- `colmap_geometry`: an existing COLMAP reconstruction (text or binary): its points and tracks;
-- `posed_images_geometry`: images with known poses (COLMAP model or kapture): SIFT features,
+- `colmap_geometry`: an existing COLMAP reconstruction (text or binary): its points and tracks,
+  or, for a model of posed images without points, triangulation as below;
+- `posed_images_geometry` (`kapture_geometry`): images with known poses: SIFT features,
   exhaustive matching, then pycolmap triangulation with the poses held fixed;
 - `sfm_geometry`: images alone: SIFT, exhaustive matching, incremental mapping (the map is then in
   the reconstruction's arbitrary frame and scale).
@@ -27,6 +28,12 @@ def _camera(c) -> Camera:
     if model == "SIMPLE_PINHOLE":  # f cx cy is PINHOLE with fx = fy
         model, params = "PINHOLE", np.array([params[0], params[0], params[1], params[2]])
     return Camera(model, int(c.width), int(c.height), params)
+
+
+def _pose(image) -> Pose:
+    """T_cam_world of a registered pycolmap Image (quaternion x, y, z, w like scipy and ROS)."""
+    cfw = image.cam_from_world()
+    return Pose.from_quat_xyzw(np.asarray(cfw.rotation.quat), np.asarray(cfw.translation))
 
 
 def _rgb_loader(image_dir: Path, names: tuple[str, ...]):
@@ -66,10 +73,7 @@ def geometry_from_reconstruction(rec, image_dir: Path, source: str) -> MapGeomet
                 obs_p.append(j)
                 obs_i.append(row[el.image_id])
                 obs_uv.append(rec.images[el.image_id].points2D[el.point2D_idx].xy)
-    poses = []
-    for im in images:
-        cfw = im.cam_from_world()
-        poses.append(Pose.from_quat_xyzw(np.asarray(cfw.rotation.quat), np.asarray(cfw.translation)))
+    poses = [_pose(im) for im in images]
     names = tuple(im.name for im in images)
     return MapGeometry(np.asarray(xyz), Observations(np.asarray(obs_p, np.int64), np.asarray(obs_i, np.int64),
                                                      np.asarray(obs_uv, np.float64).reshape(-1, 2)),
@@ -77,9 +81,19 @@ def geometry_from_reconstruction(rec, image_dir: Path, source: str) -> MapGeomet
                        _rgb_loader(Path(image_dir), names), source)
 
 
-def colmap_geometry(model_dir: Path, image_dir: Path) -> MapGeometry:
-    """Import an existing COLMAP model (text or binary)."""
-    return geometry_from_reconstruction(read_reconstruction(model_dir), image_dir, f"colmap:{model_dir}")
+def colmap_geometry(model_dir: Path, image_dir: Path, max_image_size: int = 1600) -> MapGeometry:
+    """Import a COLMAP model (text or binary): its points and tracks, or, when it has posed images
+    but no points, points triangulated from SIFT matches with those poses held fixed."""
+    rec = read_reconstruction(model_dir)
+    source = f"colmap:{model_dir}"
+    if rec.num_points3D() > 0:
+        return geometry_from_reconstruction(rec, image_dir, source)
+    images = [im for im in rec.images.values() if im.has_pose]
+    cameras = {im.camera_id for im in images}
+    if len(cameras) != 1:
+        raise InputError(f"{model_dir}: triangulation here supports one camera; the model has {len(cameras)}")
+    return posed_images_geometry(Path(image_dir), [im.name for im in images], [_pose(im) for im in images],
+                                 _camera(rec.cameras[cameras.pop()]), source, max_image_size)
 
 
 def sfm_geometry(image_dir: Path, work_dir: Path | None = None, max_image_size: int = 1600) -> MapGeometry:

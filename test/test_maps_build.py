@@ -180,6 +180,23 @@ def test_kapture_posed_images_triangulate_in_the_given_frame():
     assert (z > 0).all()
 
 
+@pytest.mark.skipif(not MAUPERTUIS.exists(), reason="shared maupertuis data set not present")
+def test_colmap_model_without_points_is_triangulated(tmp_path):
+    import pycolmap
+
+    from segloc_core.map_colmap import colmap_geometry
+
+    rec = pycolmap.Reconstruction(str(MAUPERTUIS / "colmap" / "reconstruction"))
+    for pid in list(rec.points3D):
+        rec.delete_point3D(pid)
+    rec.write_text(str(tmp_path))
+    geo = colmap_geometry(tmp_path, MAUPERTUIS / "colmap" / "images", max_image_size=640)
+    assert len(geo.xyz_m) > 0 and geo.source.startswith("colmap:")
+    poses = {rec.images[i].name: rec.images[i].cam_from_world().matrix() for i in rec.images}
+    for name, pose in zip(geo.names, geo.T_cam_world):
+        assert np.allclose(pose.matrix()[:3], poses[name], atol=1e-6)
+
+
 def test_bad_sources_are_refused(tmp_path):
     from segloc_core.map_colmap import colmap_geometry, read_kapture_posed_images
     from segloc_core.maps import MapSource
