@@ -216,7 +216,7 @@ def test_play_delivers_every_message_in_order_with_stamps_and_latched_tf_static(
     assert [m.transforms[0].transform.translation.x for m in tfs] == [float(i) for i in range(N_TF)]
     assert sorted(m.transforms[0].child_frame_id for m in statics) == ["camera", "imu"]
     # pace: the bag spans ~0.96 s of messages; playback honours it
-    assert stats.wall_s == pytest.approx(stats.bag_s, abs=0.05)
+    assert stats.wall_s == pytest.approx(stats.bag_s, abs=0.15)
     # typically < 1 ms; the bound only catches gross scheduling bugs on a loaded shared machine
     assert stats.timing.count == stats.total and stats.timing.mean_abs_ms < 20.0
 
@@ -301,7 +301,7 @@ def test_record_round_trip_matches_bag_and_independent_reader(tmp_path):
         assert by_topic["/tf"].digest == STORE.hash_rihs01("tf2_msgs/msg/TFMessage")
         # receive stamps reproduce the played pace (within scheduling noise)
         image_ts = [ts for t, _, ts in got if t == "/camera/image_raw"]
-        assert np.diff(image_ts).mean() * 1e-9 == pytest.approx(1 / IMAGE_HZ, abs=0.005)
+        assert np.diff(image_ts).mean() * 1e-9 == pytest.approx(1 / IMAGE_HZ, abs=0.01)
     mcap_file = next(out.glob("*.mcap"))
     decoded = [m for m in read_ros2_messages(str(mcap_file))]
     images = [m.ros_msg for m in decoded if m.channel.topic == "/camera/image_raw"]
