@@ -70,7 +70,8 @@ def test_world_bag_gives_poses_and_tf_and_refiner_restart_recovers(graph_assets)
         time.sleep(1.0)
         stop = threading.Event()
         player = threading.Thread(target=play_bag, args=(graph_assets["bag"],),
-                                  kwargs={"delay_s": 1.0, "stop_event": stop})
+                                  kwargs={"delay_s": 0.5, "wait_for": ["/camera/image_raw"],
+                                          "stop_event": stop})
         player.start()
         _wait(lambda: len(recorder.rec.pose) >= 3, 60, "three poses")
         # REP 105: map->odom on /tf, from odom->base_link at the image stamp
