@@ -67,6 +67,33 @@ def build_map(source: MapSource, out: Path, model_path: Path | None = None,
     return labeled
 
 
+def plot_map(m: LabeledMap, out: Path, max_points: int = 200_000) -> Path:
+    """Top view: points coloured by label (shade = confidence), database camera centres on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ids = np.random.default_rng(0).permutation(len(m))[:max_points]
+    xyz = m.xyz_of(ids)
+    centres = np.stack([m.images.T_cam_world(i).center() for i in range(len(m.images))])
+    fig, ax = plt.subplots(figsize=(9, 9), dpi=110)
+    colors = plt.get_cmap("tab20")(m.labels[ids] % 20)
+    colors[:, 3] = 0.15 + 0.85 * m.confidence[ids]
+    ax.scatter(xyz[:, 0], xyz[:, 1], s=0.3, c=colors, linewidths=0)
+    ax.plot(centres[:, 0], centres[:, 1], "k.-", ms=2, lw=0.6, label="database cameras")
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"x [{m.meta.units}]")
+    ax.set_ylabel(f"y [{m.meta.units}]")
+    ax.set_title(f"{len(m)} points, K={m.meta.K} (colour = label mod 20, opacity = confidence)")
+    ax.legend(loc="upper right")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
 def _cli_info(args: argparse.Namespace) -> int:
     report = size_report(Path(args.map))
     m = load_map(Path(args.map))
@@ -75,6 +102,8 @@ def _cli_info(args: argparse.Namespace) -> int:
     print(f"model             {m.meta.model_hash}  (frame {m.meta.frame_id}, units {m.meta.units}, "
           f"created {m.meta.created_utc})")
     print("\n".join(report.lines()))
+    if args.plot:
+        print(f"top view          {plot_map(m, Path(args.plot))}")
     return 0
 
 
@@ -111,6 +140,7 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="map_command", metavar="ACTION", required=True)
     info = sub.add_parser("info", help="size and content of a map, against SIFT storage")
     info.add_argument("map")
+    info.add_argument("--plot", help="write a top-view PNG of the points and cameras here")
     info.set_defaults(func=_cli_info)
     build = sub.add_parser("build", help="build a labeled map (default: the default world, shipped model)")
     build.add_argument("--source", choices=SOURCES, default="world")
