@@ -9,8 +9,8 @@ import pytest
 
 from segloc_core.cli import main
 from segloc_core.errors import InputError
-from segloc_core.map_build import (BuildConfig, Observations, finish_map, label_and_describe,
-                                   sample_nearest, vote_labels, world_geometry)
+from segloc_core.map_build import (BuildConfig, Observations, finish_map, sample_nearest, vote_labels,
+                                   world_geometry)
 from segloc_core.map_format import load_map, save_map, size_report
 
 MAUPERTUIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "maupertuis"
