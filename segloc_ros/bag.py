@@ -255,13 +255,14 @@ def _wait_until(deadline_ns: int, stop: threading.Event) -> bool:
 def play_bag(path: str | Path, *, rate: float = 1.0, loop: bool = False, clock: bool = False,
              clock_hz: float = 100.0, topics: Sequence[str] | None = None,
              remap: Mapping[str, str] | Sequence[str] | None = None, start_offset_s: float = 0.0,
-             delay_s: float = 0.0, wait_for: Sequence[str] = (), wait_timeout_s: float = 10.0,
+             delay_s: float = 0.0, wait_for: Sequence[str] = (), wait_count: int = 1,
+             wait_timeout_s: float = 10.0,
              stop_event: threading.Event | None = None, node: Node | None = None) -> PlaybackStats:
     """Publish a rosbag2's messages into the ROS graph at their recorded pace.
 
     `topics` selects bag topics (default: all); `remap` maps bag topic -> published topic
     ("from:=to" strings or a dict). Before the first message, playback waits until every topic
-    in `wait_for` (published names) has a matched subscriber (at most `wait_timeout_s`; DDS
+    in `wait_for` (published names) has `wait_count` matched subscribers (at most `wait_timeout_s`; DDS
     discovery between processes took 0-2 s here), then `delay_s` more. `clock` publishes bag time on /clock every 1/`clock_hz` wall seconds.
     With `loop` the bag repeats until `stop_event` is set. Without `node`, a private rclpy
     context and node are created (so this works inside a process that runs its own rclpy).
@@ -315,7 +316,7 @@ def play_bag(path: str | Path, *, rate: float = 1.0, loop: bool = False, clock: 
         outputs = {remaps.get(topic, topic): pub for topic, pub in publishers.items()}
         if clock_pub is not None:
             outputs["/clock"] = clock_pub
-        _wait_for_subscribers(outputs, wait_for, wait_timeout_s, stop)
+        _wait_for_subscribers(outputs, wait_for, wait_count, wait_timeout_s, stop)
         return _play(reader, chosen, publishers, remaps, clock_pub, clock_hz, rate, loop,
                      int(start_offset_s * 1e9), delay_s, stop)
     finally:
@@ -346,19 +347,19 @@ def _warn_on_definition_mismatch(path: Path, connections: list[Connection]) -> N
                         "subscribers may receive garbage", path, msgtype, digest, local)
 
 
-def _wait_for_subscribers(by_name: dict, wait_for: Sequence[str], timeout_s: float,
+def _wait_for_subscribers(by_name: dict, wait_for: Sequence[str], count: int, timeout_s: float,
                           stop: threading.Event) -> None:
     if unknown := sorted(set(wait_for) - set(by_name)):
         raise InputError(f"cannot wait for subscribers of {unknown}: not played "
                          f"(played: {sorted(by_name)})")
     deadline = time.monotonic() + timeout_s
     while not stop.is_set() and time.monotonic() < deadline:
-        if all(by_name[t].get_subscription_count() > 0 for t in wait_for):
+        if all(by_name[t].get_subscription_count() >= count for t in wait_for):
             return
         time.sleep(0.01)
     if not stop.is_set():
         LOG.warning("no subscriber matched %s within %.1f s; playing anyway",
-                    [t for t in wait_for if by_name[t].get_subscription_count() == 0], timeout_s)
+                    [t for t in wait_for if by_name[t].get_subscription_count() < count], timeout_s)
 
 
 def _play(reader, chosen, publishers, remaps, clock_pub, clock_hz, rate, loop, offset_ns,

@@ -169,7 +169,8 @@ def replay(bag: Path, map_path: Path, model_path: Path | None = None, *, rate: f
         sampler = threading.Thread(target=_sample_rss, args=(launcher.pid, recorder.rec, playing),
                                    daemon=True)
         sampler.start()
-        play_bag(bag, rate=rate, clock=True, delay_s=0.5, wait_for=[image_topic])
+        # the segmentation node and this recorder both subscribe to the images
+        play_bag(bag, rate=rate, clock=True, delay_s=0.5, wait_for=[image_topic], wait_count=2)
         playing.set()
         sampler.join()
         last_image = max(recorder.rec.image_wall_ns, default=None)

@@ -70,7 +70,7 @@ def test_world_bag_gives_poses_and_tf_and_refiner_restart_recovers(graph_assets)
         time.sleep(1.0)
         stop = threading.Event()
         player = threading.Thread(target=play_bag, args=(graph_assets["bag"],),
-                                  kwargs={"delay_s": 0.5, "wait_for": ["/camera/image_raw"],
+                                  kwargs={"delay_s": 0.5, "wait_for": ["/camera/image_raw"], "wait_count": 2,
                                           "stop_event": stop})
         player.start()
         _wait(lambda: len(recorder.rec.pose) >= 3, 60, "three poses")
