@@ -85,7 +85,7 @@ def vote_labels(observations: Observations, prob_lookup: ProbLookup, n_points: i
     obs = observations
     order = np.argsort(obs.image_index, kind="stable")
     sorted_images = obs.image_index[order]
-    starts = np.flatnonzero(np.r_[True, sorted_images[1:] != sorted_images[:-1]]) if len(order) else np.zeros(0, int)
+    starts = np.flatnonzero(np.r_[True, sorted_images[1:] != sorted_images[:-1]]) if len(order) else []
     images = sorted_images[starts]
     bounds = np.append(starts, len(order))
     votes = np.empty(len(order), np.int64)
@@ -93,7 +93,8 @@ def vote_labels(observations: Observations, prob_lookup: ProbLookup, n_points: i
         sel = order[bounds[j]: bounds[j + 1]]
         probs = np.asarray(prob_lookup(int(img), obs.uv[sel]))
         if probs.shape[0] != len(sel):
-            raise InputError(f"probability lookup for image {img} returned {probs.shape[0]} rows for {len(sel)} pixels")
+            raise InputError(f"probability lookup for image {img} returned {probs.shape[0]} rows "
+                             f"for {len(sel)} pixels")
         votes[sel] = probs.argmax(1)
     # count (point, label) pairs, keep each point's most frequent label (ties: smallest label)
     n_labels = int(votes.max()) + 1 if len(votes) else 1

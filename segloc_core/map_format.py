@@ -216,7 +216,8 @@ class Visibility:
         n_runs = np.array([int((self.run_length[self.offsets[i]:self.offsets[i + 1]] > 0).sum())
                            for i in range(n_images)], np.int64)
         run_image = np.repeat(np.arange(n_images), n_runs)
-        point = np.repeat(start - np.concatenate([[0], np.cumsum(length)[:-1]]), length) + np.arange(int(length.sum()))
+        before = np.concatenate([[0], np.cumsum(length)[:-1]])  # observations before each run
+        point = np.repeat(start - before, length) + np.arange(int(length.sum()))
         return point, np.repeat(run_image, length)
 
     def max_end(self) -> int:
@@ -382,7 +383,8 @@ def serialize_map(m: LabeledMap) -> bytes:
     entries, chunks, offset = [], [], 0
     for name, arr in _arrays(m).items():
         allowed, _ = _SCHEMA[name]
-        arr = np.ascontiguousarray(arr, dtype=np.dtype(allowed[0]) if len(allowed) == 1 else arr.dtype.newbyteorder("<"))
+        dtype = np.dtype(allowed[0]) if len(allowed) == 1 else arr.dtype.newbyteorder("<")
+        arr = np.ascontiguousarray(arr, dtype=dtype)
         raw = arr.tobytes()
         entries.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape),
                         "offset": offset, "nbytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()})
@@ -481,7 +483,8 @@ def _from_arrays(meta: dict, a: dict[str, np.ndarray], path: Path) -> LabeledMap
         md = MapMetadata(K=int(meta["K"]), model_hash=str(meta["model_hash"]), source=str(meta["source"]),
                          frame_id=str(meta["frame_id"]), units=str(meta["units"]),
                          created_utc=str(meta["created_utc"]), min_agreement=float(meta["min_agreement"]))
-        names, models, step = tuple(meta["image_names"]), tuple(meta["camera_models"]), float(meta["position_step_m"])
+        names, models = tuple(meta["image_names"]), tuple(meta["camera_models"])
+        step = float(meta["position_step_m"])
     except (KeyError, TypeError, ValueError) as exc:
         raise _refuse(path, "incompatible", f"metadata lacks or mistypes {exc}") from exc
     m = LabeledMap(
