@@ -159,12 +159,14 @@ class Segmenter(ABC):
             for im in images:
                 buf.append(im)
                 if len(buf) == batch_size:
-                    yield from self.segment_many(buf)
+                    results = self.segment_many(buf)
                     bar.update(len(buf))
+                    yield from results
                     buf = []
             if buf:
-                yield from self.segment_many(buf)
+                results = self.segment_many(buf)
                 bar.update(len(buf))
+                yield from results
 
 
 def _check_outputs(files: ModelFiles, shapes: list[tuple], source: Path) -> None:

@@ -103,7 +103,7 @@ def label_consistency(seg, ps) -> tuple[dict[str, list[float]], list[float], lis
 
 
 def evaluate_segmentation(model: Path | None = None, backend: str = "auto", world: Path | None = None,
-                          pairs: int = 60, db_step: int = 2, query_step: int = 2, whiten_dim: int = 256,
+                          pairs: int = 60, db_step: int = 2, query_step: int = 2, whiten_dim: int = 128,
                           seed: int = 1) -> SegEvalResult:
     """Both metrics for one model on a rendered world (default: the default world)."""
     from segloc_core.infer import load_segmenter

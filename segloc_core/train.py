@@ -85,6 +85,7 @@ class LossConfig:
     ms: float = 1.0
     fc_tau: float = 0.07
     head_tau: float = 0.1  # heads start as prototypes / head_tau
+    label_prior: str = "data"  # d in the target update (Eq. 2): "data" = d^p (paper), "uniform" = DDC's d^u
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ class TrainConfig:
             if bad:
                 raise InputError(f"unknown keys in config section {name!r}: {sorted(bad)}")
             kw[name] = typ(**sec)
+        if kw["loss"].label_prior not in ("data", "uniform"):
+            raise InputError(f"loss.label_prior must be 'data' or 'uniform', got {kw['loss'].label_prior!r}")
         return cls(**kw)
 
     @classmethod
@@ -317,7 +320,7 @@ def _step_losses(net: SegLocNet, batch, cfg: TrainConfig, epoch: int, warm_cente
             if epoch < cfg.optim.warmup_epochs:
                 q = L.student_t_targets(feats_px, warm_centers[lv])
             else:
-                q = L.target_update(torch.softmax(logits_px, 1))
+                q = L.target_update(torch.softmax(logits_px, 1), w.label_prior)
             ce, dc_value = L.discriminative_clustering(logits_px, q)
             add("dc_ce", w.dc, ce)
             logs["dc"] = logs.get("dc", 0.0) + float(dc_value) / len(out.levels)

@@ -182,3 +182,17 @@ def test_shipped_model():
     assert res.descriptor.shape == (900,)
     metrics = json.loads((path.parent / "segloc_default_metrics.json").read_text())
     assert metrics["model_hash"] == seg.model_hash  # the reported metrics belong to this file
+
+
+def test_whitening_decorrelates_and_checks_dimensions():
+    from segloc_core.descriptor import fit_whitening
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12)) + 3.0
+    w = fit_whitening(x, 6, shrinkage=0.0)
+    y = (x - w.mean) @ w.projection
+    assert np.allclose(np.cov(y.T), np.eye(6), atol=1e-6)
+    assert np.allclose(np.linalg.norm(w.apply(x), axis=1), 1, atol=1e-5) and w.apply(x[0]).shape == (6,)
+    assert fit_whitening(x[:5], 64).dim == 4  # capped at N - 1
+    with pytest.raises(InputError, match="dimension"):
+        w.apply(np.zeros((2, 5)))
