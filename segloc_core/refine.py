@@ -63,19 +63,39 @@ class LabeledPoints:
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """psi: Cauchy scale on |r|; lm: damping/stopping on the coarser levels, which only need to land
-    in the basin of the next level; lm_finest: on the finest level, which sets the accuracy (a
-    street's forward translation is weakly observed, so it needs smaller steps to stop);
-    max_translation_m: a final pose farther than this from the initial one is reported as
-    diverged; points_per_pixel caps the points
-    used at a level to points_per_pixel * W * H (a fixed random subset, nested across levels): a
-    40x30 level cannot tell 5000 points apart, so coarse iterations stay cheap."""
+    """psi: Cauchy scale on |r| at the finest level (0.1, as SegLoc), which sets the accuracy;
+    psi_coarse: psi of the coarser levels, coarsest first (with fewer levels the last entries
+    apply, with more the first repeats): a wider kernel at coarse levels lets the many points that
+    are still misaligned pull, instead of being flattened as outliers (annealed towards psi).
+    search_radius_m, search_step_m, search_points: before any LM, a grid of camera-frame
+    translations of the initial pose within the radius (0: off) is scored on the coarsest level by
+    the robust cost of `search_points` points at their nearest pixel, and LM starts from the best
+    (the initial pose is a grid point). Why: the labels carry no long-range gradient (clusters are
+    ~1 m wide), so LM from a start 1-1.5 m off lands where translation and rotation trade off; rotation
+    errors alone converge. The radius should cover the prior's translation error.
+    lm: damping/stopping on the coarser levels, which only need to land in the basin of the next
+    level; lm_finest: on the finest level (a street's forward translation is weakly observed);
+    max_translation_m: a final pose farther than this from the initial one is reported as diverged;
+    points_per_pixel caps the points used at a level to points_per_pixel * W * H (a fixed random
+    subset, nested across levels): a 40x30 level cannot tell 5000 points apart, so coarse
+    iterations stay cheap."""
 
     psi: float = 0.1
+    psi_coarse: tuple[float, ...] = (0.3, 0.2, 0.15)
+    search_radius_m: float = 1.6
+    search_step_m: float = 0.4
+    search_points: int = 300
     lm: LMConfig = field(default_factory=LMConfig)
-    lm_finest: LMConfig = field(default_factory=lambda: LMConfig(step_tol=0.03, cost_rtol=1e-4))
+    lm_finest: LMConfig = field(default_factory=lambda: LMConfig(step_tol=0.1, cost_rtol=1e-3))
     max_translation_m: float = 5.0
     points_per_pixel: float = 0.5
+
+    def level_psi(self, level: int, num_levels: int) -> float:
+        """psi of `level` (0 = coarsest) in a pyramid of `num_levels`."""
+        above = num_levels - 1 - level  # levels between this one and the finest
+        if above == 0 or not self.psi_coarse:
+            return self.psi
+        return self.psi_coarse[max(len(self.psi_coarse) - above, 0)]
 
 
 @dataclass(frozen=True)
@@ -299,6 +319,39 @@ class _LevelObjective:
 
 # ------------------------------------------------------------------------------------------------
 
+def _search_grid(radius_m: float, step_m: float) -> np.ndarray:
+    """(m, 3) translations on a cubic grid through 0 with spacing step_m, within radius_m."""
+    g = np.arange(-np.floor(radius_m / step_m), np.floor(radius_m / step_m) + 1) * step_m
+    d = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
+    return d[np.linalg.norm(d, axis=1) <= radius_m + 1e-9]
+
+
+def _translation_search(level: LevelInput, points: LabeledPoints, T: Pose,
+                        config: RefineConfig) -> Pose:
+    """The best of T's camera-frame translations on the search grid (see RefineConfig), scored on
+    `level` at once for all candidates: rho(|p - e_y|^2) at each point's nearest pixel, and
+    rho(1) (as a mismatch) for a point out of view, so moving points out of view gains nothing."""
+    deltas = _search_grid(config.search_radius_m, config.search_step_m)
+    _, H, W = level.probs.shape
+    P = T.R @ np.asarray(points.xyz, dtype=np.float64).T + T.t[:, None]  # (3, n)
+    m, n = len(deltas), P.shape[1]
+    Pc = (P[:, None, :] + deltas.T[:, :, None]).reshape(3, m * n)
+    uv, front, _ = level.camera.project_columns(Pc, with_jacobian=False)
+    with np.errstate(invalid="ignore"):
+        x, y = np.floor(uv[0]), np.floor(uv[1])  # nearest pixel centre = floor(u) in COLMAP's pixels
+        ok = front & (x >= 0) & (x < W) & (y >= 0) & (y < H)
+    pix = np.where(ok, y * W + x, 0).astype(np.int64)
+    labels = np.tile(np.asarray(points.labels, dtype=np.int64), m)
+    py = level.probs.reshape(-1)[labels * (H * W) + pix]
+    if level.probs.dtype == np.uint8:
+        py = py * np.float32(1.0 / 255.0)
+    c = np.where(ok, np.maximum(level.reductions[_I_SUM_SQ].reshape(-1)[pix] - 2.0 * py + 1.0, 0.0),
+                 1.0)
+    rho = _cauchy(c, config.psi).reshape(m, n)
+    cost = rho.sum(axis=1) if points.weights is None else rho @ np.asarray(points.weights, np.float64)
+    return Pose(np.eye(3), deltas[int(np.argmin(cost))]) @ T
+
+
 def _check_inputs(levels: Sequence[LevelInput], points: LabeledPoints, T: Pose) -> list[LevelInput]:
     if not isinstance(T, Pose) or not T.is_finite():
         raise InputError(f"initial pose must be a finite Pose, got {T!r}")
@@ -354,13 +407,15 @@ def _refine(levels, points, T_init, config, sampler_cls) -> RefineResult:
     levels = _check_inputs(levels, points, T_init)
     order = np.random.default_rng(0).permutation(len(points.labels))
     T = T_init
+    if config.search_radius_m > 0:
+        T = _translation_search(levels[0], _subset(points, order, config.search_points), T, config)
     costs: list[np.ndarray] = []
     iterations = 0
     status = "converged"
     for i, lv in enumerate(levels):
         _, H, W = lv.probs.shape
         level_points = _subset(points, order, int(np.ceil(config.points_per_pixel * H * W)))
-        obj = _LevelObjective(lv, level_points, config.psi, sampler_cls(lv))
+        obj = _LevelObjective(lv, level_points, config.level_psi(i, len(levels)), sampler_cls(lv))
         trace = run_lm(obj, T, config.lm_finest if i == len(levels) - 1 else config.lm)
         costs.append(trace.costs)
         iterations += trace.iterations

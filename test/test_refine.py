@@ -111,7 +111,8 @@ def test_converges_from_small_offsets_on_clean_maps(scene_data, offset):
     labels_q, points = scene_data
     levels = _levels(labels_q)
     T0 = Pose.exp(offset) @ T_QUERY
-    tight = RefineConfig(lm=LMConfig(step_tol=1e-3, cost_rtol=1e-9, max_iterations=100))
+    tight_lm = LMConfig(step_tol=1e-3, cost_rtol=1e-9, max_iterations=100)
+    tight = RefineConfig(lm=tight_lm, lm_finest=tight_lm)
     res = refine(levels, points, T0, tight)
     assert res.converged and res.failure is None
     # the cost minimum (reached from the ground truth itself) is within pixel-aliasing of it ...
