@@ -145,22 +145,6 @@ def mean_pose(poses: list[Pose], weights: np.ndarray) -> Pose:
 
 def prior_pose(labeled_map: LabeledMap, retrieved: RetrievalResult,
                config: RetrievalConfig = RetrievalConfig()) -> tuple[Pose, np.ndarray]:
-    """T_cam_world prior and its (6,6) covariance from retrieved images (no points: cheap)."""
-    if len(retrieved.image_ids) == 0:
-        raise InputError("no database image retrieved; the map has no images")
-    poses = [labeled_map.images.T_cam_world(int(i)) for i in retrieved.image_ids]
-    # similarities can be negative; weights are shifted so the worst retrieved image still counts a little
-    s = retrieved.scores.astype(np.float64)
-    w = s - s.min() + 1e-3
-    T = poses[0] if config.prior_mode == "top1" else mean_pose(poses, w)
-    xi = np.stack([(p @ T.inv()).log() for p in poses])
-    cov = (w[:, None, None] * xi[:, :, None] * xi[:, None, :]).sum(0) / w.sum()
-    cov += np.diag([config.min_sigma_m ** 2] * 3 + [config.min_sigma_rad ** 2] * 3)
-    return T, cov
-
-
-def prior_pose(labeled_map: LabeledMap, retrieved: RetrievalResult,
-               config: RetrievalConfig = RetrievalConfig()) -> tuple[Pose, np.ndarray]:
     """(T_cam_world, 6x6 covariance) from the retrieved images' poses (see module docstring)."""
     if len(retrieved.image_ids) == 0:
         raise InputError("no database image retrieved; the map has no images")
