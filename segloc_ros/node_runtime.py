@@ -1,6 +1,6 @@
-"""What every segloc node does around its own logic: ROS start-up and shutdown, a latest-wins
-work slot (so a slow stage drops old frames instead of queueing them without bound), frame
-statistics, and /diagnostics."""
+"""What every segloc node does around its own logic: ROS start-up and shutdown, a worker thread
+behind a latest-wins slot (so a slow stage drops old frames instead of queueing them without
+bound), frame statistics, and /diagnostics."""
 
 from __future__ import annotations
 
@@ -93,13 +93,13 @@ class FrameStats:
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
 
-def start_diagnostics(node: Node, stats: FrameStats, slot: LatestSlot | None,
+def start_diagnostics(node: Node, stats: FrameStats, worker: FrameWorker | None,
                       extra: Callable[[], dict[str, str]] | None = None, period_s: float = 1.0):
     """Publish `stats` on /diagnostics once per `period_s`."""
     pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
     def tick() -> None:
-        status = stats.status(slot.dropped if slot else 0, extra() if extra else None)
+        status = stats.status(worker.dropped if worker else 0, extra() if extra else None)
         pub.publish(DiagnosticArray(header=_header(node), status=[status]))
 
     return node.create_timer(period_s, tick)
@@ -111,28 +111,42 @@ def _header(node: Node):
     return Header(stamp=node.get_clock().now().to_msg())
 
 
-def run_worker(slot: LatestSlot[T], handle: Callable[[T], None], node: Node) -> threading.Thread:
-    """Thread that takes items from `slot` and handles them until the slot is closed; an
-    unexpected exception is logged and the frame skipped, so the node keeps running."""
+class FrameWorker(Generic[T]):
+    """A thread that handles the items put into a latest-wins slot until closed; an unexpected
+    exception is logged and that frame skipped, so the node keeps running."""
 
-    def loop() -> None:
-        while not slot.closed:
-            item = slot.take()
+    def __init__(self, node: Node, handle: Callable[[T], None]) -> None:
+        self.slot: LatestSlot[T] = LatestSlot()
+        self._node, self._handle = node, handle
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f"{node.get_name()}_worker")
+        self._thread.start()
+
+    def put(self, item: T) -> None:
+        self.slot.put(item)
+
+    @property
+    def dropped(self) -> int:
+        return self.slot.dropped
+
+    def _loop(self) -> None:
+        while not self.slot.closed:
+            item = self.slot.take()
             if item is None:
                 continue
             try:
-                handle(item)
+                self._handle(item)
             except Exception as exc:  # noqa: BLE001 - a node must survive any single frame
-                node.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}")
+                self._node.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}")
 
-    thread = threading.Thread(target=loop, daemon=True, name=f"{node.get_name()}_worker")
-    thread.start()
-    return thread
+    def close(self) -> None:
+        self.slot.close()
+        self._thread.join(timeout=5.0)
 
 
 def spin_node(factory: Callable[[], Node]) -> int:
-    """rclpy init, build the node, spin until SIGINT/SIGTERM; exit code 0, or 4 when the node
-    cannot start (missing map or model: the log says which and why)."""
+    """rclpy init, build the node, spin until SIGINT/SIGTERM, stop its `worker` (if any);
+    exit code 0, or 4 when the node cannot start (missing map or model: the log says why)."""
     rclpy.init(args=sys.argv)
     node = None
     try:
@@ -147,9 +161,9 @@ def spin_node(factory: Callable[[], Node]) -> int:
         return exc.exit_code
     finally:
         if node is not None:
-            close = getattr(node, "close", None)
-            if close:
-                close()
+            worker = getattr(node, "worker", None)
+            if worker is not None:
+                worker.close()
             node.destroy_node()
         rclpy.try_shutdown()
     return 0

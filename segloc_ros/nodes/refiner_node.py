@@ -30,7 +30,7 @@ from segloc_core.localize import Fix, Localizer, LocalizerConfig, PriorSource, S
 from segloc_core.map_format import load_map
 from segloc_core.paths import map_path
 from segloc_ros.image_conversion import camera_info_to_camera
-from segloc_ros.node_runtime import FrameStats, LatestSlot, run_worker, spin_node, start_diagnostics
+from segloc_ros.node_runtime import FrameStats, FrameWorker, spin_node, start_diagnostics
 from segloc_ros.params import NODE_PARAMS, declare
 from segloc_ros.pose_msgs import change_body_covariance, msg_to_pose, to_pose_with_covariance
 from segloc_ros.segmentation_msg import unpack_levels
@@ -59,8 +59,8 @@ class RefinerNode(Node):
         self.get_logger().info(f"map {path}: {len(labeled_map)} points, K={labeled_map.meta.K}")
         self.tf = create_tf_lookup(self)
         self.broadcaster = TransformBroadcaster(self)
+        self.worker = FrameWorker(self, self.process)
         self.stats = FrameStats("segloc: refiner_node")
-        self.slot: LatestSlot[Segmentation] = LatestSlot()
         self._lock = threading.Lock()
         self._priors: OrderedDict[int, PosePrior] = OrderedDict()    # by image stamp
         self._waiting: OrderedDict[int, Segmentation] = OrderedDict()  # segmentations without prior
@@ -74,10 +74,9 @@ class RefinerNode(Node):
         self.create_subscription(PosePrior, "prior", self.on_prior, 20)
         self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self.on_initialpose, 1)
         self.create_timer(0.05, self.republish_map_odom)
-        start_diagnostics(self, self.stats, self.slot, lambda: {
+        start_diagnostics(self, self.stats, self.worker, lambda: {
             "state": self.localizer.state.name.lower(),
             "waiting for prior": str(len(self._waiting))})
-        self._worker = run_worker(self.slot, self.process, self)
 
     # -- pairing (executor thread) ----------------------------------------------------------------
     def _skip(self, reason: str, stamp_ns: int | None = None) -> None:
@@ -94,7 +93,7 @@ class RefinerNode(Node):
                 self._waiting[stamp] = msg
                 self._expire(stamp)
                 return
-        self.slot.put(msg)
+        self.worker.put(msg)
 
     def on_prior(self, msg: PosePrior) -> None:
         stamp = stamp_to_ns(msg.header.stamp)
@@ -106,7 +105,7 @@ class RefinerNode(Node):
             if msg.forced:  # relocalization requested: frames wait for global priors again
                 self.localizer.reset()
         if ready is not None:
-            self.slot.put(ready)
+            self.worker.put(ready)
 
     def _expire(self, newest_ns: int) -> None:
         """Drop segmentations whose prior did not come within prior_timeout_s (lock held)."""
@@ -221,11 +220,6 @@ class RefinerNode(Node):
             status.position_std_m = float(min(fix.position_std_m, 1e6))
             status.rotation_std_rad = float(min(fix.rotation_std_rad, 1e6))
         self.pub_status.publish(status)
-
-    def close(self) -> None:
-        self.slot.close()
-        self._worker.join(timeout=5.0)
-
 
 def main() -> int:
     return spin_node(RefinerNode)

@@ -23,7 +23,7 @@ from segloc_core.errors import InputError
 from segloc_core.map_format import load_map
 from segloc_core.paths import map_path
 from segloc_core.retrieval import RetrievalConfig, Retriever, prior_pose
-from segloc_ros.node_runtime import FrameStats, LatestSlot, run_worker, spin_node, start_diagnostics
+from segloc_ros.node_runtime import FrameStats, FrameWorker, spin_node, start_diagnostics
 from segloc_ros.params import NODE_PARAMS, declare
 from segloc_ros.pose_msgs import to_pose_with_covariance
 
@@ -41,15 +41,14 @@ class RetrievalNode(Node):
         self.tracking = False
         self.force = False
         self.skipped_tracking = 0
+        self.worker = FrameWorker(self, self.process)
         self.stats = FrameStats("segloc: retrieval_node")
-        self.slot: LatestSlot[GlobalDescriptor] = LatestSlot()
         self.pub = self.create_publisher(PosePrior, "prior", 10)
         self.create_subscription(GlobalDescriptor, "descriptor", self.on_descriptor, 10)
         self.create_subscription(LocalizationStatus, "status", self.on_status, 10)
         self.create_service(Relocalize, "relocalize", self.on_relocalize)
-        start_diagnostics(self, self.stats, self.slot,
+        start_diagnostics(self, self.stats, self.worker,
                           lambda: {"skipped while tracking": str(self.skipped_tracking)})
-        self._worker = run_worker(self.slot, self.process, self)
 
     def on_status(self, msg: LocalizationStatus) -> None:
         self.tracking = msg.state == LocalizationStatus.STATE_TRACKING
@@ -65,7 +64,7 @@ class RetrievalNode(Node):
         if self.tracking and not (self.force or self.p["retrieve_while_tracking"]):
             self.skipped_tracking += 1
             return
-        self.slot.put(msg)
+        self.worker.put(msg)
 
     def process(self, msg: GlobalDescriptor) -> None:
         start = time.monotonic()
@@ -84,11 +83,6 @@ class RetrievalNode(Node):
         self.force = False
         self.pub.publish(out)
         self.stats.done((time.monotonic() - start) * 1e3)
-
-
-    def close(self) -> None:
-        self.slot.close()
-        self._worker.join(timeout=5.0)
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from segloc_core.errors import InputError
 from segloc_core.infer import load_segmenter
 from segloc_ros.image_conversion import camera_info_to_camera, image_to_rgb8
-from segloc_ros.node_runtime import FrameStats, LatestSlot, run_worker, spin_node, start_diagnostics
+from segloc_ros.node_runtime import FrameStats, FrameWorker, spin_node, start_diagnostics
 from segloc_ros.params import NODE_PARAMS, declare
 from segloc_ros.segmentation_msg import pack_segmentation
 from segloc_ros.tf import stamp_to_ns
@@ -47,15 +47,14 @@ class SegmentationNode(Node):
         self._infos: deque[CameraInfo] = deque(maxlen=30)
         self._pending: Image | None = None   # image waiting for its CameraInfo
         self._last_stamp_ns = -1
+        self.worker = FrameWorker(self, self.process)
         self.stats = FrameStats("segloc: segmentation_node")
-        self.slot: LatestSlot[_Frame] = LatestSlot()
         self.pub_seg = self.create_publisher(Segmentation, "segmentation", 2)
         self.pub_desc = self.create_publisher(GlobalDescriptor, "descriptor", 10)
         self.create_subscription(Image, self.p["image_topic"], self.on_image, qos_profile_sensor_data)
         self.create_subscription(CameraInfo, self.p["camera_info_topic"], self.on_info,
                                  qos_profile_sensor_data)
-        start_diagnostics(self, self.stats, self.slot)
-        self._worker = run_worker(self.slot, self.process, self)
+        start_diagnostics(self, self.stats, self.worker)
 
     # -- pairing (executor thread) ----------------------------------------------------------------
     def _skip(self, reason: str) -> None:
@@ -94,7 +93,7 @@ class SegmentationNode(Node):
 
     def _submit(self, image: Image, info: CameraInfo) -> None:
         self._last_stamp_ns = stamp_to_ns(image.header.stamp)
-        self.slot.put(_Frame(image, info, time.monotonic_ns()))
+        self.worker.put(_Frame(image, info, time.monotonic_ns()))
 
     # -- inference (worker thread) ----------------------------------------------------------------
     def process(self, frame: _Frame) -> None:
@@ -113,11 +112,6 @@ class SegmentationNode(Node):
         self.pub_desc.publish(desc)
         self.pub_seg.publish(seg)
         self.stats.done((time.monotonic_ns() - frame.received_ns) * 1e-6)
-
-    def close(self) -> None:
-        self.slot.close()
-        self._worker.join(timeout=5.0)
-
 
 def main() -> int:
     return spin_node(SegmentationNode)
