@@ -41,6 +41,7 @@ class Recording:
     rss_start_kb: dict[str, int] = field(default_factory=dict)
     rss_end_kb: dict[str, int] = field(default_factory=dict)
     rss_samples_kb: list[dict[str, int]] = field(default_factory=list)  # every 2 s of the replay
+    diagnostics: dict[str, dict[str, str]] = field(default_factory=dict)  # last, per node
 
 
 def _stamp_of_raw(raw: bytes) -> int:
@@ -55,6 +56,7 @@ class _Recorder:
 
     def __init__(self, namespace: str, image_topic: str) -> None:
         import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseWithCovarianceStamped
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
@@ -89,8 +91,13 @@ class _Recorder:
             self.rec.status[stamp] = (int(msg.state), msg.reason)
             self.rec.status_wall_ns.setdefault(stamp, time.monotonic_ns())
 
+        def on_diagnostics(msg: DiagnosticArray) -> None:
+            for status in msg.status:
+                self.rec.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
+
         self.node.create_subscription(Image, image_topic, on_image, qos_profile_sensor_data,
                                       raw=True)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
         self.node.create_subscription(PoseWithCovarianceStamped, self.topics["pose"], on_pose, 100)
         self.node.create_subscription(PosePrior, self.topics["prior"], on_prior, 100)
         self.node.create_subscription(LocalizationStatus, f"{ns}/status", on_status, 100)

@@ -61,6 +61,9 @@ def bench_pipeline(sizes=SIZES, rate_hz: float = 10.0, frames: int = 80,
             "rate_ratio": out_rate / in_rate if in_rate else None,
             "images": len(images), "processed": len(done), "dropped": len(images) - len(done),
             "localized": len(rec.pose), "node_rss_kb_end": rec.rss_end_kb,
+            # each node's own work per frame (its /diagnostics), to see where latency goes
+            "node_ms_p50": {name.split(": ")[-1]: float(d.get("latency_p50_ms", "nan"))
+                            for name, d in rec.diagnostics.items()},
         }
     return out
 
