@@ -151,54 +151,108 @@ class _ReducedSampler:
         rows = np.ascontiguousarray(red[chans].reshape(4, H * W).T)
         self.table = rows.view(np.complex128).reshape(-1)
         self.down_left = red[_I_DOWN_LEFT].reshape(-1)
+        self.sum_sq = red[_I_SUM_SQ].reshape(-1)
         self.probs = level.probs.reshape(-1)
         self.scale = np.float32(1.0 / 255.0) if level.probs.dtype == np.uint8 else None
         self.hw = H * W
+
+    def nearest(self, pix: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Squared residuals |p - e_y|^2 = S - 2 p_y + 1 at pixels pix (..., n) (flat indices) for
+        labels (n,), float32."""
+        py = self.probs[pix + labels * self.hw]
+        c = self.sum_sq[pix]
+        c += 1.0
+        c -= py * (2 * self.scale) if self.scale is not None else 2 * py
+        return c
 
     def sample(self, cell: _Cell, labels: np.ndarray):
         """Per valid point: squared residual c, e = grad c / 2 (e_u, e_v), G entries (uu, uv, vv).
 
         Corners 0..3 = 00, 01, 10, 11 (row, column); Sc = |p(c)|^2, R0 = <p00, p01>,
         R2 = <p10, p11>, D0 = <p00, p10>, D1 = <p01, p11>, X = <p00, p11>, Y = <p01, p10>.
+        Every output is a sum over these channels' linear combinations (`_COMBOS`, one matrix
+        product) weighted by bilinear polynomials in the fractions: few, large numpy operations.
         """
-        t = self.table[cell.corners].view(np.float32).reshape(4, -1, 4)  # (corner, point, channel)
-        S0, S1, S2, S3 = t[0, :, 0], t[1, :, 0], t[2, :, 0], t[3, :, 0]
-        R0, R2, D0, D1, X = t[0, :, 1], t[2, :, 1], t[0, :, 2], t[1, :, 2], t[0, :, 3]
-        Y = self.down_left[cell.corners[1]]
-        fx, fy = cell.fx.astype(np.float32), cell.fy.astype(np.float32)  # all float32 from here
-        gx, gy = 1 - fx, 1 - fy
-        # p = gy p_top + fy p_bottom, p_top = gx p00 + fx p01, p_bottom = gx p10 + fx p11
-        XY = X + Y
-        gxx, gxy2, fxx, dx = gx * gx, 2 * gx * fx, fx * fx, gx - fx
-        T = gxx * S0 + gxy2 * R0 + fxx * S1  # |p_top|^2
-        B = gxx * S2 + gxy2 * R2 + fxx * S3  # |p_bottom|^2
-        M = gxx * D0 + 0.5 * gxy2 * XY + fxx * D1  # <p_top, p_bottom>
-        # half derivatives along fx of T, B, M
-        Tx = dx * R0 - gx * S0 + fx * S1
-        Bx = dx * R2 - gx * S2 + fx * S3
-        Mx = 0.5 * dx * XY - gx * D0 + fx * D1
-        gyy, gyy2, fyy = gy * gy, 2 * gy * fy, fy * fy
-        sum_sq = gyy * T + gyy2 * M + fyy * B
-        half_S_u = gyy * Tx + gyy2 * Mx + fyy * Bx
-        half_S_v = (gy - fy) * M - gy * T + fy * B
-        # G from the corner differences a = p01-p00, b = p11-p10 (along u), c = p10-p00, d = p11-p01
-        aa, bb, ab = S0 - 2 * R0 + S1, S2 - 2 * R2 + S3, D0 + D1 - XY
-        cc, dd, cd = S0 - 2 * D0 + S2, S1 - 2 * D1 + S3, R0 + R2 - XY
-        ac, ad = S0 + Y - R0 - D0, R0 + D1 - S1 - X
-        bc, bd = D0 + R2 - S2 - X, S3 + Y - D1 - R2
-        G_uu = gyy * aa + gyy2 * ab + fyy * bb
-        G_vv = gxx * cc + gxy2 * cd + fxx * dd
-        G_uv = gy * (gx * ac + fx * ad) + fy * (gx * bc + fx * bd)
-        q = self.probs[labels * self.hw + cell.corners]
+        n = cell.fx.shape[0]
+        t = self.table[cell.corners].view(np.float32).reshape(4, n, 4)  # (corner, point, channel)
+        chans = np.empty((17, n), np.float32)
+        chans[:16].reshape(4, 4, n)[:] = t.transpose(0, 2, 1)
+        chans[16] = self.down_left[cell.corners[1]]
+        Q = _COMBOS @ chans  # (19, n), rows as in `_COMBOS`
+        # per axis (x: u, y: v) with f the fraction and g = 1 - f: weights [g^2, 2 g f, f^2] of
+        # a quadratic form along the axis and [-g, g - f, f] of its half derivative
+        f = np.empty((2, n), np.float32)
+        f[0], f[1] = cell.fx, cell.fy
+        g = 1.0 - f
+        w = np.empty((3, 2, n), np.float32)
+        np.multiply(g, g, out=w[0])
+        np.multiply(g, f, out=w[1])
+        w[1] *= 2.0
+        np.multiply(f, f, out=w[2])
+        wd = np.empty((3, 2, n), np.float32)
+        np.negative(g, out=wd[0])
+        np.subtract(g, f, out=wd[1])
+        wd[2] = f
+        rows = Q[:9].reshape(3, 3, n)  # (T, M, B) x their three coefficients along x
+        V = (rows * w[:, 0]).sum(axis=1)  # |p_top|^2, <p_top, p_bottom>, |p_bottom|^2
+        Vx = (rows * wd[:, 0]).sum(axis=1)  # their half derivatives along x
+        # bilinear weights of the corners 00, 01, 10, 11 and their derivatives along x and y
+        gf = np.stack([g, f])  # (g/f, axis, n)
+        wb = (gf[:, None, 1] * gf[None, :, 0]).reshape(4, n)
+        wbx = np.empty((4, n), np.float32)
+        np.negative(gf[:, 1], out=wbx[0::2])
+        wbx[1::2] = gf[:, 1]
+        wby = np.empty((4, n), np.float32)
+        np.negative(gf[:, 0], out=wby[:2])
+        wby[2:] = gf[:, 0]
+        q = self.probs[labels * self.hw + cell.corners]  # p_y at the corners
         if self.scale is not None:
             q = q * self.scale
-        f00, f01, f10, f11 = q
-        d_top, d_bottom = f01 - f00, f11 - f10
-        top = f00 + fx * d_top
-        bottom = f10 + fx * d_bottom
-        py, py_u, py_v = top + fy * (bottom - top), d_top + fy * (d_bottom - d_top), bottom - top
-        c = np.maximum(sum_sq - 2.0 * py + 1.0, 0.0)
-        return c, half_S_u - py_u, half_S_v - py_v, (G_uu, G_uv, G_vv)
+        py = _dot(q, wb)
+        c = _dot(V, w[:, 1])
+        c += 1.0
+        c -= 2.0 * py
+        np.maximum(c, 0.0, out=c)
+        e_u = _dot(Vx, w[:, 1]) - _dot(q, wbx)
+        e_v = _dot(V, wd[:, 1]) - _dot(q, wby)
+        G_uu = _dot(Q[9:12], w[:, 1])
+        G_vv = _dot(Q[12:15], w[:, 0])
+        G_uv = _dot(Q[15:19], wb)
+        return c, e_u, e_v, (G_uu, G_uv, G_vv)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Column-wise dot products of (k, n) arrays, summed in a fixed order (einsum's SIMD order may
+    vary with alignment, which makes a float32 cost jitter between nearby poses)."""
+    return (a * b).sum(axis=0)
+
+
+def _combos() -> np.ndarray:
+    """(19, 17) float32: rows of channel combinations the reduced sampler needs, over the channels
+    [S0 R0 D0 X0, S1 R1 D1 X1, S2 R2 D2 X2, S3 R3 D3 X3, Y] (corner-major as gathered; R1, X1,
+    D2, X2, R3, D3, X3 unused). With a = p01 - p00, b = p11 - p10 (along u), c = p10 - p00,
+    d = p11 - p01 (along v), M' = (X + Y) / 2:
+    T row (S0, R0, S1), M row (D0, M', D1), B row (S2, R2, S3) -- quadratic forms along x of the
+    top edge, the cross term and the bottom edge; (aa, ab, bb) -- along y for G_uu; (cc, cd, dd) --
+    along x for G_vv; (ac, ad, bc, bd) -- bilinear for G_uv."""
+    idx = {"S0": 0, "R0": 1, "D0": 2, "X": 3, "S1": 4, "D1": 6, "S2": 8, "R2": 9, "S3": 12, "Y": 16}
+    rows = [{"S0": 1}, {"R0": 1}, {"S1": 1},
+            {"D0": 1}, {"X": 0.5, "Y": 0.5}, {"D1": 1},
+            {"S2": 1}, {"R2": 1}, {"S3": 1},
+            {"S0": 1, "R0": -2, "S1": 1}, {"D0": 1, "D1": 1, "X": -1, "Y": -1},
+            {"S2": 1, "R2": -2, "S3": 1},
+            {"S0": 1, "D0": -2, "S2": 1}, {"R0": 1, "R2": 1, "X": -1, "Y": -1},
+            {"S1": 1, "D1": -2, "S3": 1},
+            {"S0": 1, "Y": 1, "R0": -1, "D0": -1}, {"R0": 1, "D1": 1, "S1": -1, "X": -1},
+            {"D0": 1, "R2": 1, "S2": -1, "X": -1}, {"S3": 1, "Y": 1, "D1": -1, "R2": -1}]
+    out = np.zeros((len(rows), 17), np.float32)
+    for i, row in enumerate(rows):
+        for name, coef in row.items():
+            out[i, idx[name]] = coef
+    return out
+
+
+_COMBOS = _combos()
 
 
 class _DirectSampler:
@@ -214,7 +268,17 @@ class _DirectSampler:
 
     def corner_values(self, cell: _Cell) -> np.ndarray:
         """(4, n, K) probabilities at the corners."""
-        return np.moveaxis(self.probs[:, cell.corners], 0, -1)
+        return self.pixel_values(cell.corners)
+
+    def pixel_values(self, pix: np.ndarray) -> np.ndarray:
+        """(..., K) probabilities at flat pixel indices pix (...)."""
+        return np.moveaxis(self.probs[:, pix], 0, -1)
+
+    def nearest(self, pix: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """|p - e_y|^2 at pixels pix (..., n) for labels (n,), from all K channels."""
+        r = self.pixel_values(pix)
+        r[..., np.arange(len(labels)), labels] -= 1.0
+        return np.einsum("...k,...k->...", r, r)
 
     def sample(self, cell: _Cell, labels: np.ndarray):
         P = self.corner_values(cell)
@@ -236,8 +300,8 @@ class _PixelMajorDirectSampler(_DirectSampler):
         K, H, W = level.probs.shape
         self.probs = np.ascontiguousarray(dequantize(level.probs).reshape(K, H * W).T)  # (H*W, K)
 
-    def corner_values(self, cell: _Cell) -> np.ndarray:
-        return self.probs[cell.corners]
+    def pixel_values(self, pix: np.ndarray) -> np.ndarray:
+        return self.probs[pix]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,21 +349,34 @@ class _LevelObjective:
         omega = (w / (1.0 + c / (self.psi * self.psi))).astype(np.float32)  # 2 w rho'(c): IRLS weight
         # d uv / d xi = d uv / d p [I, -[p]_x]; a row a of d uv / d p gives [a, p x a]. In float32:
         # the normal equations need ~1e-6 relative precision, and the products are memory bound.
-        px, py, pz = p.astype(np.float32)
-        J = np.empty((2, 6, n), np.float32)
-        J[:, :3] = Jp
-        for k in range(2):
-            ax, ay, az = J[k, :3]
-            J[k, 3] = py * az - pz * ay
-            J[k, 4] = pz * ax - px * az
-            J[k, 5] = px * ay - py * ax
-        J0, J1 = J
-        Hm = ((J0 * omega) @ (guu * J0 + guv * J1).T
-              + (J1 * omega) @ (guv * J0 + gvv * J1).T).astype(np.float64)
+        # Layout (6 twist components, 2 image axes, n points): each product below is one operation.
+        J = np.empty((6, 2, n), np.float32)
+        J[:3] = Jp.transpose(1, 0, 2)
+        (px, py, pz), (ax, ay, az) = p.astype(np.float32)[:, None], J[:3]
+        np.multiply(py, az, out=J[3])
+        J[3] -= pz * ay
+        np.multiply(pz, ax, out=J[4])
+        J[4] -= px * az
+        np.multiply(px, ay, out=J[5])
+        J[5] -= py * ax
+        # B = (omega G) J per point: Hm = sum over axes and points of J B^T, one matrix product
+        wG = np.empty((3, n), np.float32)
+        np.multiply(omega, guu, out=wG[0])
+        np.multiply(omega, guv, out=wG[1])
+        np.multiply(omega, gvv, out=wG[2])
+        B = np.empty((6, 2, n), np.float32)
+        np.multiply(J[:, 0], wG[0], out=B[:, 0])
+        B[:, 0] += J[:, 1] * wG[1]
+        np.multiply(J[:, 0], wG[1], out=B[:, 1])
+        B[:, 1] += J[:, 1] * wG[2]
+        Jf = J.reshape(6, 2 * n)
+        Hm = (Jf @ B.reshape(6, 2 * n).T).astype(np.float64)
         Hm = 0.5 * (Hm + Hm.T)  # exactly symmetric despite float32 rounding
-        g = J0 @ (omega * e_u) + J1 @ (omega * e_v)
-        JJ = J.reshape(12, n) @ J.reshape(12, n).T
-        metric = (JJ[:6, :6] + JJ[6:, 6:]).astype(np.float64) / max(n, 1)  # mean sq. displacement (px^2)
+        we = np.empty((2, n), np.float32)
+        np.multiply(omega, e_u, out=we[0])
+        np.multiply(omega, e_v, out=we[1])
+        g = Jf @ we.reshape(2 * n)
+        metric = (Jf @ Jf.T).astype(np.float64) / max(n, 1)  # mean sq. displacement (px^2)
         sigma2 = float(omega @ c) / max(n - 6, 1)
         return Linearization(float(point_costs[ok].sum()), point_costs, Hm, g.astype(np.float64), n,
                              sigma2, metric)
@@ -326,7 +403,7 @@ def _search_grid(radius_m: float, step_m: float) -> np.ndarray:
     return d[np.linalg.norm(d, axis=1) <= radius_m + 1e-9]
 
 
-def _translation_search(level: LevelInput, points: LabeledPoints, T: Pose,
+def _translation_search(level: LevelInput, sampler, points: LabeledPoints, T: Pose,
                         config: RefineConfig) -> Pose:
     """The best of T's camera-frame translations on the search grid (see RefineConfig), scored on
     `level` at once for all candidates: rho(|p - e_y|^2) at each point's nearest pixel, and
@@ -337,18 +414,17 @@ def _translation_search(level: LevelInput, points: LabeledPoints, T: Pose,
     m, n = len(deltas), P.shape[1]
     Pc = (P[:, None, :] + deltas.T[:, :, None]).reshape(3, m * n)
     uv, front, _ = level.camera.project_columns(Pc, with_jacobian=False)
-    with np.errstate(invalid="ignore"):
-        x, y = np.floor(uv[0]), np.floor(uv[1])  # nearest pixel centre = floor(u) in COLMAP's pixels
-        ok = front & (x >= 0) & (x < W) & (y >= 0) & (y < H)
-    pix = np.where(ok, y * W + x, 0).astype(np.int64)
-    labels = np.tile(np.asarray(points.labels, dtype=np.int64), m)
-    py = level.probs.reshape(-1)[labels * (H * W) + pix]
-    if level.probs.dtype == np.uint8:
-        py = py * np.float32(1.0 / 255.0)
-    c = np.where(ok, np.maximum(level.reductions[_I_SUM_SQ].reshape(-1)[pix] - 2.0 * py + 1.0, 0.0),
-                 1.0)
-    rho = _cauchy(c, config.psi).reshape(m, n)
-    cost = rho.sum(axis=1) if points.weights is None else rho @ np.asarray(points.weights, np.float64)
+    u, v = uv
+    with np.errstate(invalid="ignore"):  # the nearest pixel centre is floor(u) in COLMAP's pixels
+        ok = front & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    u[~ok] = 0.0
+    v[~ok] = 0.0
+    pix = (v.astype(np.int64) * W + u.astype(np.int64)).reshape(m, n)
+    c = sampler.nearest(pix, np.asarray(points.labels, dtype=np.int64))
+    np.maximum(c, 0.0, out=c)
+    c[~ok.reshape(m, n)] = 1.0
+    rho = np.log1p(c * np.float32(1.0 / (config.psi * config.psi)))  # rho up to a constant factor
+    cost = rho.sum(axis=1) if points.weights is None else rho @ np.asarray(points.weights, np.float32)
     return Pose(np.eye(3), deltas[int(np.argmin(cost))]) @ T
 
 
@@ -407,15 +483,18 @@ def _refine(levels, points, T_init, config, sampler_cls) -> RefineResult:
     levels = _check_inputs(levels, points, T_init)
     order = np.random.default_rng(0).permutation(len(points.labels))
     T = T_init
+    sampler = sampler_cls(levels[0])
     if config.search_radius_m > 0:
-        T = _translation_search(levels[0], _subset(points, order, config.search_points), T, config)
+        T = _translation_search(levels[0], sampler, _subset(points, order, config.search_points), T,
+                                config)
     costs: list[np.ndarray] = []
     iterations = 0
     status = "converged"
     for i, lv in enumerate(levels):
         _, H, W = lv.probs.shape
         level_points = _subset(points, order, int(np.ceil(config.points_per_pixel * H * W)))
-        obj = _LevelObjective(lv, level_points, config.level_psi(i, len(levels)), sampler_cls(lv))
+        sampler = sampler if i == 0 else sampler_cls(lv)
+        obj = _LevelObjective(lv, level_points, config.level_psi(i, len(levels)), sampler)
         trace = run_lm(obj, T, config.lm_finest if i == len(levels) - 1 else config.lm)
         costs.append(trace.costs)
         iterations += trace.iterations
