@@ -326,10 +326,10 @@ class _LevelObjective:
         self.offsets = np.array([0, 1, self.W, self.W + 1])[:, None]
 
     def cells(self, T: Pose, with_jacobian: bool):
-        """Project all points; return indices of the valid ones, their cells, camera points (3,n)
-        and d uv / d p_cam (2,3,n)."""
+        """Project all points; return indices of the valid ones, their cells and, if asked,
+        d uv / d xi (6, 2, n) float32 of the valid ones (`_jacobian`)."""
         P = T.R @ self.xyz_t + T.t[:, None]
-        uv, front, J = self.camera.project_columns(P, with_jacobian)
+        uv, front, _ = self.camera.project_columns(P, with_jacobian=False)
         x, y = uv[0] - 0.5, uv[1] - 0.5  # continuous pixel-centre indices
         with np.errstate(invalid="ignore"):
             ok = np.flatnonzero(front & (x >= 0) & (x <= self.W - 1) & (y >= 0) & (y <= self.H - 1))
@@ -337,20 +337,42 @@ class _LevelObjective:
         x0 = np.minimum(x.astype(np.int64), self.W - 2)
         y0 = np.minimum(y.astype(np.int64), self.H - 2)
         cell = _Cell(y0 * self.W + x0 + self.offsets, x - x0, y - y0)
-        return ok, cell, P[:, ok], (J[:, :, ok] if with_jacobian else None)
+        return ok, cell, (self._jacobian(P[:, ok]) if with_jacobian else None)
 
-    def linearize(self, T: Pose) -> Linearization:
-        ok, cell, p, Jp = self.cells(T, with_jacobian=True)
-        n = len(ok)
-        w = self.weights[ok]
-        c, e_u, e_v, (guu, guv, gvv) = self.sampler.sample(cell, self.labels[ok])
-        point_costs = np.full(len(self.labels), np.nan)
-        point_costs[ok] = w * _cauchy(c, self.psi)
-        omega = (w / (1.0 + c / (self.psi * self.psi))).astype(np.float32)  # 2 w rho'(c): IRLS weight
-        # d uv / d xi = d uv / d p [I, -[p]_x]; a row a of d uv / d p gives [a, p x a]. In float32:
-        # the normal equations need ~1e-6 relative precision, and the products are memory bound.
-        # Layout (6 twist components, 2 image axes, n points): each product below is one operation.
+    def _jacobian(self, p: np.ndarray) -> np.ndarray:
+        """d uv / d xi (6 twist components, 2 image axes, n) float32 at camera points p (3, n).
+
+        d uv / d xi = d uv / d p [I, -[p]_x]: a row a of d uv / d p gives [a, p x a]. Float32: the
+        normal equations need ~1e-6 relative precision, and the products are memory bound. PINHOLE
+        has the closed form (with x = X/Z, y = Y/Z) u: fx [1/Z, 0, -x/Z, -x y, 1 + x^2, -y],
+        v: fy [0, 1/Z, -y/Z, -(1 + y^2), x y, x]; the other models chain `project_columns`.
+        """
+        n = p.shape[1]
         J = np.empty((6, 2, n), np.float32)
+        if self.camera.model == "PINHOLE":
+            fx, fy = (np.float32(f) for f in self.camera.focal)
+            X, Y, Z = p.astype(np.float32)
+            iz = 1.0 / Z
+            x, y = X * iz, Y * iz
+            xy = x * y
+            np.multiply(iz, fx, out=J[0, 0])
+            J[1, 0] = 0.0
+            np.multiply(J[0, 0], -x, out=J[2, 0])
+            np.multiply(xy, -fx, out=J[3, 0])
+            np.multiply(x, x, out=J[4, 0])
+            J[4, 0] += 1.0
+            J[4, 0] *= fx
+            np.multiply(y, -fx, out=J[5, 0])
+            J[0, 1] = 0.0
+            np.multiply(iz, fy, out=J[1, 1])
+            np.multiply(J[1, 1], -y, out=J[2, 1])
+            np.multiply(y, y, out=J[3, 1])
+            J[3, 1] += 1.0
+            J[3, 1] *= -fy
+            np.multiply(xy, fy, out=J[4, 1])
+            np.multiply(x, fy, out=J[5, 1])
+            return J
+        _, _, Jp = self.camera.project_columns(p, with_jacobian=True)
         J[:3] = Jp.transpose(1, 0, 2)
         (px, py, pz), (ax, ay, az) = p.astype(np.float32)[:, None], J[:3]
         np.multiply(py, az, out=J[3])
@@ -359,6 +381,16 @@ class _LevelObjective:
         J[4] -= px * az
         np.multiply(px, ay, out=J[5])
         J[5] -= py * ax
+        return J
+
+    def linearize(self, T: Pose) -> Linearization:
+        ok, cell, J = self.cells(T, with_jacobian=True)
+        n = len(ok)
+        w = self.weights[ok]
+        c, e_u, e_v, (guu, guv, gvv) = self.sampler.sample(cell, self.labels[ok])
+        point_costs = np.full(len(self.labels), np.nan)
+        point_costs[ok] = w * _cauchy(c, self.psi)
+        omega = (w / (1.0 + c / (self.psi * self.psi))).astype(np.float32)  # 2 w rho'(c): IRLS weight
         # B = (omega G) J per point: Hm = sum over axes and points of J B^T, one matrix product
         wG = np.empty((3, n), np.float32)
         np.multiply(omega, guu, out=wG[0])
@@ -383,7 +415,7 @@ class _LevelObjective:
 
     def consistency(self, T: Pose, reductions: np.ndarray, probs: np.ndarray) -> tuple[int, float]:
         """(visible points, share whose label is the argmax at their nearest pixel)."""
-        ok, cell, _, _ = self.cells(T, with_jacobian=False)
+        ok, cell, _ = self.cells(T, with_jacobian=False)
         if len(ok) == 0:
             return 0, 0.0
         near = cell.corners[0] + (cell.fx >= 0.5) + self.W * (cell.fy >= 0.5)
