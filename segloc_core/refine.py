@@ -23,6 +23,7 @@ points visible at both, so a step gains nothing by pushing points out of view or
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -170,15 +171,17 @@ class _ReducedSampler:
 
         Corners 0..3 = 00, 01, 10, 11 (row, column); Sc = |p(c)|^2, R0 = <p00, p01>,
         R2 = <p10, p11>, D0 = <p00, p10>, D1 = <p01, p11>, X = <p00, p11>, Y = <p01, p10>.
-        Every output is a sum over these channels' linear combinations (`_COMBOS`, one matrix
-        product) weighted by bilinear polynomials in the fractions: few, large numpy operations.
+        Every output is a sum over these channels' linear combinations (`_combos`, matrix products)
+        weighted by bilinear polynomials in the fractions: few, large numpy operations.
         """
         n = cell.fx.shape[0]
         t = self.table[cell.corners].view(np.float32).reshape(4, n, 4)  # (corner, point, channel)
         chans = np.empty((17, n), np.float32)
         chans[:16].reshape(4, 4, n)[:] = t.transpose(0, 2, 1)
         chans[16] = self.down_left[cell.corners[1]]
-        Q = _COMBOS @ chans  # (19, n), rows as in `_COMBOS`
+        # rows as in `_combos`; two products: OpenBLAS is ~3x slower per row on 19 rows than on 9 or 10
+        rows = (_COMBOS_X @ chans).reshape(3, 3, n)  # (T, M, B) x their three coefficients along x
+        Q = _COMBOS_G @ chans  # (aa, ab, bb, cc, cd, dd, ac, ad, bc, bd)
         # per axis (x: u, y: v) with f the fraction and g = 1 - f: weights [g^2, 2 g f, f^2] of
         # a quadratic form along the axis and [-g, g - f, f] of its half derivative
         f = np.empty((2, n), np.float32)
@@ -193,7 +196,6 @@ class _ReducedSampler:
         np.negative(g, out=wd[0])
         np.subtract(g, f, out=wd[1])
         wd[2] = f
-        rows = Q[:9].reshape(3, 3, n)  # (T, M, B) x their three coefficients along x
         V = (rows * w[:, 0]).sum(axis=1)  # |p_top|^2, <p_top, p_bottom>, |p_bottom|^2
         Vx = (rows * wd[:, 0]).sum(axis=1)  # their half derivatives along x
         # bilinear weights of the corners 00, 01, 10, 11 and their derivatives along x and y
@@ -215,9 +217,9 @@ class _ReducedSampler:
         np.maximum(c, 0.0, out=c)
         e_u = _dot(Vx, w[:, 1]) - _dot(q, wbx)
         e_v = _dot(V, wd[:, 1]) - _dot(q, wby)
-        G_uu = _dot(Q[9:12], w[:, 1])
-        G_vv = _dot(Q[12:15], w[:, 0])
-        G_uv = _dot(Q[15:19], wb)
+        G_uu = _dot(Q[0:3], w[:, 1])
+        G_vv = _dot(Q[3:6], w[:, 0])
+        G_uv = _dot(Q[6:10], wb)
         return c, e_u, e_v, (G_uu, G_uv, G_vv)
 
 
@@ -252,7 +254,7 @@ def _combos() -> np.ndarray:
     return out
 
 
-_COMBOS = _combos()
+_COMBOS_X, _COMBOS_G = (np.ascontiguousarray(m) for m in np.split(_combos(), [9]))
 
 
 class _DirectSampler:
@@ -408,7 +410,9 @@ class _LevelObjective:
         np.multiply(omega, e_u, out=we[0])
         np.multiply(omega, e_v, out=we[1])
         g = Jf @ we.reshape(2 * n)
-        metric = (Jf @ Jf.T).astype(np.float64) / max(n, 1)  # mean sq. displacement (px^2)
+        # mean squared displacement (px^2); the product with a copy avoids numpy's syrk path (A @ A.T),
+        # which OpenBLAS runs ~4x slower than gemm for this shape
+        metric = (Jf @ Jf.copy().T).astype(np.float64) / max(n, 1)
         sigma2 = float(omega @ c) / max(n - 6, 1)
         return Linearization(float(point_costs[ok].sum()), point_costs, Hm, g.astype(np.float64), n,
                              sigma2, metric)
@@ -428,36 +432,43 @@ class _LevelObjective:
 
 # ------------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=8)
 def _search_grid(radius_m: float, step_m: float) -> np.ndarray:
-    """(m, 3) translations on a cubic grid through 0 with spacing step_m, within radius_m."""
+    """(m, 3) float32 translations on a cubic grid through 0 with spacing step_m, within radius_m
+    (cached, read-only)."""
     g = np.arange(-np.floor(radius_m / step_m), np.floor(radius_m / step_m) + 1) * step_m
     d = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
-    return d[np.linalg.norm(d, axis=1) <= radius_m + 1e-9]
+    d = d[np.linalg.norm(d, axis=1) <= radius_m + 1e-9].astype(np.float32)
+    d.flags.writeable = False
+    return d
 
 
 def _translation_search(level: LevelInput, sampler, points: LabeledPoints, T: Pose,
                         config: RefineConfig) -> Pose:
     """The best of T's camera-frame translations on the search grid (see RefineConfig), scored on
     `level` at once for all candidates: rho(|p - e_y|^2) at each point's nearest pixel, and
-    rho(1) (as a mismatch) for a point out of view, so moving points out of view gains nothing."""
+    rho(1) (as a mismatch) for a point out of view, so moving points out of view gains nothing.
+    Float32 throughout: nearest pixels of a coarse level need no more."""
     deltas = _search_grid(config.search_radius_m, config.search_step_m)
     _, H, W = level.probs.shape
-    P = T.R @ np.asarray(points.xyz, dtype=np.float64).T + T.t[:, None]  # (3, n)
+    P = (T.R @ np.asarray(points.xyz, dtype=np.float64).T + T.t[:, None]).astype(np.float32)
     m, n = len(deltas), P.shape[1]
     Pc = (P[:, None, :] + deltas.T[:, :, None]).reshape(3, m * n)
     uv, front, _ = level.camera.project_columns(Pc, with_jacobian=False)
     u, v = uv
     with np.errstate(invalid="ignore"):  # the nearest pixel centre is floor(u) in COLMAP's pixels
         ok = front & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-    u[~ok] = 0.0
     v[~ok] = 0.0
-    pix = (v.astype(np.int64) * W + u.astype(np.int64)).reshape(m, n)
-    c = sampler.nearest(pix, np.asarray(points.labels, dtype=np.int64))
+    u[~ok] = 0.0
+    np.floor(v, out=v)
+    v *= W
+    v += np.floor(u)
+    c = sampler.nearest(v.astype(np.int64).reshape(m, n), np.asarray(points.labels, dtype=np.int64))
     np.maximum(c, 0.0, out=c)
     c[~ok.reshape(m, n)] = 1.0
     rho = np.log1p(c * np.float32(1.0 / (config.psi * config.psi)))  # rho up to a constant factor
     cost = rho.sum(axis=1) if points.weights is None else rho @ np.asarray(points.weights, np.float32)
-    return Pose(np.eye(3), deltas[int(np.argmin(cost))]) @ T
+    return Pose(np.eye(3), deltas[int(np.argmin(cost))].astype(np.float64)) @ T
 
 
 def _check_inputs(levels: Sequence[LevelInput], points: LabeledPoints, T: Pose) -> list[LevelInput]:

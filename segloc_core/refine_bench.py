@@ -3,8 +3,11 @@
 Speed: N=5000 map points, four levels up to 320x240, K=100 and K=10, one thread. The bench re-runs
 itself in a child process with OMP/OpenBLAS/MKL threads set to 1 (they cannot be changed once numpy
 is loaded). `ms_per_refine` is the median CPU time of the calling process per `refine` call (from
-the segmentation output -- probabilities plus reductions -- to the pose), which on this shared
-machine is the honest measure of one thread's work; wall-clock medians are reported beside it.
+the segmentation output -- probabilities plus reductions -- to the pose, the translation search
+included), which on this shared machine is the honest measure of one thread's work; wall-clock
+medians are reported beside it. The K-dimensional baseline (`refine_direct`) is timed interleaved
+with `refine` on the same starts, so load drift cancels in `speedup`; `speedup_without_search` is
+the LM part alone.
 
 Accuracy: oracle probability maps from the world's rendered ids split into 1 m world voxels
 (`_oracle_labels`), one-hot, area-pooled per level, blurred (1 px), with a car-sized rectangle
@@ -170,7 +173,7 @@ def _timed(fn, *args) -> tuple[float, float, object]:
     return (time.process_time() - c0) * 1e3, (time.perf_counter() - w0) * 1e3, out
 
 
-def run_bench(trials: int = 200, speed_runs: int = 30, baseline_runs: int = 5, points: int = 5000,
+def run_bench(trials: int = 200, speed_runs: int = 30, baseline_runs: int = 8, points: int = 5000,
               seed: int = 0, out_dir: Path | None = None) -> dict:
     """All figures of `segloc bench refine` as a dict (see the module docstring)."""
     from tqdm import tqdm
@@ -224,21 +227,30 @@ def run_bench(trials: int = 200, speed_runs: int = 30, baseline_runs: int = 5, p
             iters.append(res.iterations)
         timings[K] = (cpu, wall, iters)
         if K == 100:
-            base: dict[bool, tuple[list[float], list[float]]] = {}
-            for pixel_major in (False, True):
-                base[pixel_major] = ([], [])
-                for pair, T0 in speed_cases[:baseline_runs]:
-                    levels, pts = inputs[pair.name]
-                    c, w, _ = _timed(refine_direct, levels, pts, T0, RefineConfig(), pixel_major)
-                    base[pixel_major][0].append(c)
-                    base[pixel_major][1].append(w)
+            # the baseline interleaved with the refiner on the same starts, so that load drift on
+            # this shared machine cancels in the ratio; also without the translation search, which
+            # shows the LM part's own speedup
+            base: dict[str, tuple[list[float], list[float]]] = {}
+            lm_only = RefineConfig(search_radius_m=0.0)
+            for pair, T0 in speed_cases[:baseline_runs]:
+                levels, pts = inputs[pair.name]
+                runs = {"refine": lambda: refine(levels, pts, T0),
+                        "direct": lambda: refine_direct(levels, pts, T0),
+                        "pixel_major": lambda: refine_direct(levels, pts, T0, pixel_major=True),
+                        "refine_lm": lambda: refine(levels, pts, T0, lm_only),
+                        "direct_lm": lambda: refine_direct(levels, pts, T0, lm_only)}
+                for key, fn in runs.items():
+                    c, w, _ = _timed(fn)
+                    base.setdefault(key, ([], []))[0].append(c)
+                    base[key][1].append(w)
             probs = [lv.probs for lv in inputs[speed_cases[0][0].name][0]]
             red_ms = [_timed(lambda: [level_reductions(p) for p in probs])[0] for _ in range(3)]
     # same starts for the baseline and the refiner: compare medians over those runs
     ms = float(np.median(timings[100][0]))
-    ms_same = float(np.median(timings[100][0][:baseline_runs]))
-    baseline_ms = float(np.median(base[False][0]))
-    baseline_pm_ms = float(np.median(base[True][0]))
+    ms_same = float(np.median(base["refine"][0]))
+    baseline_ms = float(np.median(base["direct"][0]))
+    baseline_pm_ms = float(np.median(base["pixel_major"][0]))
+    cpu100 = np.array(timings[100][0])
 
     out_dir = Path(out_dir) if out_dir is not None else home() / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -251,6 +263,8 @@ def run_bench(trials: int = 200, speed_runs: int = 30, baseline_runs: int = 5, p
         "threads": {v: os.environ.get(v) for v in _THREAD_VARS},
         "timer": "median process CPU time per refine call (single-threaded child)",
         "ms_per_refine": ms,
+        "ms_per_refine_mean": float(cpu100.mean()),
+        "ms_per_refine_p90": float(np.percentile(cpu100, 90)),
         "ms_per_refine_k10": float(np.median(timings[10][0])),
         "ratio_k100_k10": ms / float(np.median(timings[10][0])),
         "ms_per_refine_wall": float(np.median(timings[100][1])),
@@ -259,12 +273,19 @@ def run_bench(trials: int = 200, speed_runs: int = 30, baseline_runs: int = 5, p
         "iterations_median_k10": float(np.median(timings[10][2])),
         "ms_per_iteration_k100": float(np.sum(timings[100][0]) / np.sum(timings[100][2])),
         "ms_per_iteration_k10": float(np.sum(timings[10][0]) / np.sum(timings[10][2])),
-        "baseline": "refine_direct: same LM core, K-dim residuals sampled from the (K,H,W) maps",
+        "baseline": "refine_direct: same search and LM core, K-dim residuals sampled from the (K,H,W) "
+                    "maps; timed interleaved with refine on the same starts",
+        "search": {"radius_m": RefineConfig().search_radius_m, "step_m": RefineConfig().search_step_m,
+                   "points": RefineConfig().search_points},
+        "psi_finest": RefineConfig().psi, "psi_coarse": list(RefineConfig().psi_coarse),
         "baseline_ms": baseline_ms,
-        "baseline_ms_wall": float(np.median(base[False][1])),
+        "baseline_ms_wall": float(np.median(base["direct"][1])),
+        "ms_per_refine_same_starts": ms_same,
         "speedup": baseline_ms / ms_same,
         "baseline_pixel_major_ms": baseline_pm_ms,
         "speedup_vs_pixel_major": baseline_pm_ms / ms_same,
+        "speedup_without_search": float(np.median(base["direct_lm"][0]) / np.median(base["refine_lm"][0])),
+        "ms_per_refine_without_search": float(np.median(base["refine_lm"][0])),
         "ms_reductions_cpu": float(np.median(red_ms)),
         "trials": int(in_range.sum()),
         "converged_fraction": converged_fraction,
