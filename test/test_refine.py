@@ -15,8 +15,8 @@ from segloc_core.geometry import Camera, Pose, pose_error
 from segloc_core.lm import LMConfig
 from segloc_core.refine import (REDUCTION_NAMES, LabeledPoints, LevelInput, RefineConfig,
                                 _DirectSampler, _LevelObjective, _PixelMajorDirectSampler,
-                                _ReducedSampler, level_reductions,
-                                refine, refine_direct)
+                                _ReducedSampler, _search_grid, _translation_search,
+                                level_reductions, refine, refine_direct)
 from segloc_core.refine_scenes import PlaneScene, map_points_from_depth, oracle_levels
 
 K = 20
@@ -149,6 +149,57 @@ def test_converges_from_small_offsets_on_clean_maps(scene_data, offset):
     # the K-dimensional baseline on the same core lands on the same pose
     dt_b, dr_b = pose_error(refine_direct(levels, points, T0, tight).T_cam_world, res.T_cam_world)
     assert dt_b < 1e-3 and dr_b < 1e-2
+
+
+def test_translation_search_recovers_start_that_lm_alone_cannot(scene_data):
+    """0.9 m off (camera moved up and back): LM alone stops in a wrong minimum, the coarse
+    translation search puts it in the basin."""
+    labels_q, points = scene_data
+    levels = _levels(labels_q)
+    T0 = Pose(np.eye(3), np.array([0.0, -0.8, -0.4])) @ T_QUERY
+    dt, _ = pose_error(refine(levels, points, T0, RefineConfig(search_radius_m=0.0)).T_cam_world,
+                       T_QUERY)
+    assert dt > 0.1
+    res = refine(levels, points, T0)
+    dt, dr = pose_error(res.T_cam_world, T_QUERY)
+    assert res.converged and dt < 0.02 and dr < 0.15
+
+
+def test_translation_search_picks_the_lowest_cost_candidate(scene_data):
+    """The vectorized search equals a per-candidate loop over K-dim residuals at nearest pixels."""
+    labels_q, points = scene_data
+    level = _levels(labels_q)[0]
+    config = RefineConfig()
+    T0 = Pose.exp([0.3, -0.5, 0.2, 0.02, -0.03, 0.01]) @ T_QUERY
+    sub = LabeledPoints(points.xyz[:300], points.labels[:300])
+    deltas = _search_grid(config.search_radius_m, config.search_step_m)
+    assert len(deltas) > 100 and np.all(np.linalg.norm(deltas, axis=1) <= config.search_radius_m + 1e-6)
+    assert np.any(np.all(deltas == 0, axis=1))  # the start itself is a candidate
+    probs = level.probs.astype(np.float64)
+    costs = []
+    for d in deltas.astype(np.float64):
+        uv, front = level.camera.project(T0.transform(sub.xyz) + d)
+        j, i = np.floor(uv).astype(int).T
+        inside = front & (j >= 0) & (j < probs.shape[2]) & (i >= 0) & (i < probs.shape[1])
+        r = probs[:, np.where(inside, i, 0), np.where(inside, j, 0)].T
+        r[np.arange(len(r)), sub.labels] -= 1.0
+        c = np.where(inside, (r * r).sum(axis=1), 1.0)
+        costs.append(np.log1p(c / config.psi**2).sum())
+    picked = _translation_search(level, _ReducedSampler(level), sub, T0, config).t - T0.t
+    k = int(np.argmin(np.linalg.norm(deltas - picked, axis=1)))
+    np.testing.assert_allclose(deltas[k], picked, atol=1e-6)
+    assert costs[k] <= min(costs) * (1 + 1e-5)
+    assert costs[k] < costs[int(np.argmin(np.linalg.norm(deltas, axis=1)))]  # better than the start
+
+
+def test_psi_is_annealed_on_coarser_levels_only():
+    config = RefineConfig()
+    assert config.psi == 0.1 and config.level_psi(3, 4) == 0.1
+    assert [config.level_psi(i, 4) for i in range(4)] == [0.3, 0.2, 0.15, 0.1]
+    assert [config.level_psi(i, 3) for i in range(3)] == [0.2, 0.15, 0.1]
+    assert [config.level_psi(i, 5) for i in range(5)] == [0.3, 0.3, 0.2, 0.15, 0.1]
+    assert config.level_psi(0, 1) == 0.1
+    assert RefineConfig(psi_coarse=()).level_psi(0, 4) == 0.1
 
 
 def test_quantized_maps_converge(scene_data):
