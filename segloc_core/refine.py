@@ -15,6 +15,12 @@ y_m of the probabilities, by flat indexing, at the projected points only: O(N) w
 `refine_direct` is the same optimizer with the textbook sampler that reads all K channels per point
 (the benchmark baseline); both share `run_lm` and the assembly and compute the same numbers.
 
+Coarse to fine: before any LM, a grid of camera-frame translations of the initial pose is scored at
+once on the coarsest level (robust cost at nearest pixels) and LM starts from the best; LM's psi is
+annealed from 0.3 on the coarsest level to 0.1 (SegLoc's) on the finest. Why: the label maps carry
+no long-range gradient (clusters are ~1 m wide), so LM alone from 1-1.5 m off lands where
+translation and rotation trade off (rotation errors alone converge); see `RefineConfig`.
+
 Points behind the camera or outside the interpolation domain (the hull of pixel centres,
 u in [0.5, W - 0.5] in COLMAP's convention) are ignored; LM compares the cost of two poses on the
 points visible at both, so a step gains nothing by pushing points out of view or pulling them in.
@@ -180,7 +186,7 @@ class _ReducedSampler:
         chans[:16].reshape(4, 4, n)[:] = t.transpose(0, 2, 1)
         chans[16] = self.down_left[cell.corners[1]]
         # rows as in `_combos`; two products: OpenBLAS is ~3x slower per row on 19 rows than on 9 or 10
-        rows = (_COMBOS_X @ chans).reshape(3, 3, n)  # (T, M, B) x their three coefficients along x
+        rows = (_COMBOS_X @ chans).reshape(3, 3, n)  # (coefficient along x, (T, M, B), n)
         Q = _COMBOS_G @ chans  # (aa, ab, bb, cc, cd, dd, ac, ad, bc, bd)
         # per axis (x: u, y: v) with f the fraction and g = 1 - f: weights [g^2, 2 g f, f^2] of
         # a quadratic form along the axis and [-g, g - f, f] of its half derivative
@@ -196,8 +202,8 @@ class _ReducedSampler:
         np.negative(g, out=wd[0])
         np.subtract(g, f, out=wd[1])
         wd[2] = f
-        V = (rows * w[:, 0]).sum(axis=1)  # |p_top|^2, <p_top, p_bottom>, |p_bottom|^2
-        Vx = (rows * wd[:, 0]).sum(axis=1)  # their half derivatives along x
+        V = _dot(rows, w[:, 0, None])  # |p_top|^2, <p_top, p_bottom>, |p_bottom|^2
+        Vx = _dot(rows, wd[:, 0, None])  # their half derivatives along x
         # bilinear weights of the corners 00, 01, 10, 11 and their derivatives along x and y
         gf = np.stack([g, f])  # (g/f, axis, n)
         wb = (gf[:, None, 1] * gf[None, :, 0]).reshape(4, n)
@@ -233,14 +239,14 @@ def _combos() -> np.ndarray:
     """(19, 17) float32: rows of channel combinations the reduced sampler needs, over the channels
     [S0 R0 D0 X0, S1 R1 D1 X1, S2 R2 D2 X2, S3 R3 D3 X3, Y] (corner-major as gathered; R1, X1,
     D2, X2, R3, D3, X3 unused). With a = p01 - p00, b = p11 - p10 (along u), c = p10 - p00,
-    d = p11 - p01 (along v), M' = (X + Y) / 2:
-    T row (S0, R0, S1), M row (D0, M', D1), B row (S2, R2, S3) -- quadratic forms along x of the
-    top edge, the cross term and the bottom edge; (aa, ab, bb) -- along y for G_uu; (cc, cd, dd) --
+    d = p11 - p01 (along v), M' = (X + Y) / 2: T (S0, R0, S1), M (D0, M', D1), B (S2, R2, S3) --
+    quadratic forms along x of the top edge, the cross term and the bottom edge -- stored
+    coefficient-major (S0 D0 S2, R0 M' R2, S1 D1 S3); (aa, ab, bb) -- along y for G_uu; (cc, cd, dd) --
     along x for G_vv; (ac, ad, bc, bd) -- bilinear for G_uv."""
     idx = {"S0": 0, "R0": 1, "D0": 2, "X": 3, "S1": 4, "D1": 6, "S2": 8, "R2": 9, "S3": 12, "Y": 16}
-    rows = [{"S0": 1}, {"R0": 1}, {"S1": 1},
-            {"D0": 1}, {"X": 0.5, "Y": 0.5}, {"D1": 1},
-            {"S2": 1}, {"R2": 1}, {"S3": 1},
+    rows = [{"S0": 1}, {"D0": 1}, {"S2": 1},
+            {"R0": 1}, {"X": 0.5, "Y": 0.5}, {"R2": 1},
+            {"S1": 1}, {"D1": 1}, {"S3": 1},
             {"S0": 1, "R0": -2, "S1": 1}, {"D0": 1, "D1": 1, "X": -1, "Y": -1},
             {"S2": 1, "R2": -2, "S3": 1},
             {"S0": 1, "D0": -2, "S2": 1}, {"R0": 1, "R2": 1, "X": -1, "Y": -1},
@@ -321,8 +327,8 @@ class _LevelObjective:
         self.H, self.W = level.probs.shape[1:]
         self.xyz_t = np.ascontiguousarray(np.asarray(points.xyz, dtype=np.float64).T)  # (3,N)
         self.labels = np.asarray(points.labels, dtype=np.int64)
-        self.weights = (np.ones(len(self.labels)) if points.weights is None
-                        else np.asarray(points.weights, dtype=np.float64))
+        self.weights = (None if points.weights is None
+                        else np.asarray(points.weights, dtype=np.float32))
         self.psi = psi
         self.sampler = sampler
         self.offsets = np.array([0, 1, self.W, self.W + 1])[:, None]
@@ -388,11 +394,13 @@ class _LevelObjective:
     def linearize(self, T: Pose) -> Linearization:
         ok, cell, J = self.cells(T, with_jacobian=True)
         n = len(ok)
-        w = self.weights[ok]
         c, e_u, e_v, (guu, guv, gvv) = self.sampler.sample(cell, self.labels[ok])
         point_costs = np.full(len(self.labels), np.nan)
-        point_costs[ok] = w * _cauchy(c, self.psi)
-        omega = (w / (1.0 + c / (self.psi * self.psi))).astype(np.float32)  # 2 w rho'(c): IRLS weight
+        point_costs[ok] = _cauchy(c, self.psi)
+        omega = 1.0 / (1.0 + c * np.float32(1.0 / (self.psi * self.psi)))  # 2 rho'(c): IRLS weight
+        if self.weights is not None:
+            point_costs[ok] *= self.weights[ok]
+            omega *= self.weights[ok]
         # B = (omega G) J per point: Hm = sum over axes and points of J B^T, one matrix product
         wG = np.empty((3, n), np.float32)
         np.multiply(omega, guu, out=wG[0])

@@ -245,6 +245,26 @@ def test_points_behind_or_outside_are_ignored(scene_data):
     assert pose_error(res.T_cam_world, base.T_cam_world)[0] < 1e-6
 
 
+def test_point_weights_scale_cost_and_zero_weight_removes_points(scene_data):
+    labels_q, points = scene_data
+    level = _levels(labels_q)[-1]
+    T = Pose.exp([0.03, -0.02, 0.05, 0.004, -0.003, 0.002]) @ T_QUERY
+    n = len(points.labels)
+
+    def lin(pts):
+        return _LevelObjective(level, pts, 0.1, _ReducedSampler(level)).linearize(T)
+
+    plain = lin(points)
+    double = lin(LabeledPoints(points.xyz, points.labels, np.full(n, 2.0)))
+    assert double.cost == pytest.approx(2 * plain.cost, rel=1e-6)
+    np.testing.assert_allclose(double.g, 2 * plain.g, rtol=1e-5, atol=1e-6 * np.abs(plain.g).max())
+    half = np.arange(n) < n // 2
+    masked = lin(LabeledPoints(points.xyz, points.labels, half.astype(float)))
+    first = lin(LabeledPoints(points.xyz[half], points.labels[half]))
+    assert masked.cost == pytest.approx(first.cost, rel=1e-6)
+    np.testing.assert_allclose(masked.H, first.H, rtol=1e-5, atol=1e-6 * np.abs(first.H).max())
+
+
 def test_too_few_points_is_a_reported_failure(scene_data):
     labels_q, points = scene_data
     res = refine(_levels(labels_q), LabeledPoints(points.xyz[:5], points.labels[:5]), T_QUERY)
