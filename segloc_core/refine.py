@@ -155,7 +155,7 @@ class _ReducedSampler:
         # pixel-major copy, 4 float32 per pixel viewed as one 16-byte item: one 1-D gather per
         # point and corner fetches S, <right>, <down>, <down-right> together
         chans = [_I_SUM_SQ, _I_RIGHT, _I_DOWN, _I_DOWN_RIGHT]
-        rows = np.ascontiguousarray(red[chans].reshape(4, H * W).T)
+        rows = np.stack([red[c].reshape(-1) for c in chans], axis=-1)  # (H*W, 4), one pass
         self.table = rows.view(np.complex128).reshape(-1)
         self.down_left = red[_I_DOWN_LEFT].reshape(-1)
         self.sum_sq = red[_I_SUM_SQ].reshape(-1)
