@@ -230,8 +230,7 @@ class _ReducedSampler:
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Column-wise dot products of (k, n) arrays, summed in a fixed order (einsum's SIMD order may
-    vary with alignment, which makes a float32 cost jitter between nearby poses)."""
+    """Column-wise dot products over the leading axis of (k, ..., n) arrays (k small)."""
     return (a * b).sum(axis=0)
 
 
