@@ -53,6 +53,8 @@ class LocalizerConfig:
     tracking: bool = True
     near_images: int = 5            # database images whose points a propagated prior aligns
     near_max_angle_deg: float = 60.0  # ... among those looking within this angle of the prior
+    hypotheses: int = 5             # retrieved images whose poses are refined as extra starts
+    hypothesis_min_dist_m: float = 1.0
     refine: RefineConfig = field(default_factory=RefineConfig)
 
 
@@ -136,15 +138,29 @@ class Localizer:
         """Refine from a prior, gate the result and advance the state.
 
         The points aligned are those seen by `image_ids` (retrieval's top-k), or with None those
-        seen by the database images nearest the prior (propagated or operator priors).
+        seen by the database images nearest the prior (propagated or operator priors). For a
+        retrieval prior, the pose of each retrieved image (up to `hypotheses`, skipping ones within
+        `hypothesis_min_dist_m` of an earlier start) is refined too and the converged result with
+        the best label consistency wins: retrieval's top-1 is often a neighbour along the road,
+        while the right place is among its top-k (SegLoc's PR refines the top-k the same way).
         """
         point_ids = self.points_near(T_cam_world_prior) if image_ids is None \
             else self.map.points_of_images(np.asarray(image_ids, np.int64))
         points = self.labeled_points(point_ids)
         if len(points.xyz) == 0:
             return self._finish(None, T_cam_world_prior, source, "no map points near the prior")
-        result = refine(levels, points, T_cam_world_prior, self.config.refine)
-        return self._finish(result, T_cam_world_prior, source, self._rejection(result))
+        starts = [T_cam_world_prior]
+        if source == PriorSource.RETRIEVAL and image_ids is not None:
+            for i in np.asarray(image_ids, np.int64)[: self.config.hypotheses]:
+                T = self.map.images.T_cam_world(int(i))
+                if min(np.linalg.norm(T.center() - s.center()) for s in starts) \
+                        >= self.config.hypothesis_min_dist_m:
+                    starts.append(T)
+        results = [refine(levels, points, T, self.config.refine) for T in starts]
+        best = max(range(len(results)), key=lambda j: (results[j].converged,
+                                                       results[j].consistency))
+        return self._finish(results[best], T_cam_world_prior, source,
+                            self._rejection(results[best]))
 
     def _rejection(self, result: RefineResult) -> str:
         if not result.converged:

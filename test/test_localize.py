@@ -99,3 +99,18 @@ def test_query_sets_read_colmap_and_kapture_alike():
         np.testing.assert_allclose(a.camera.params, b.camera.params)
     with pytest.raises(Exception, match="neither a kapture folder"):
         load_query_set(MAUPERTUIS)
+
+
+def test_retrieved_hypotheses_recover_a_wrong_top1(world_and_map):
+    ds, labeled_map = world_and_map
+    rec, levels = _query(ds, "winter", 5)
+    summer = ds.frames("summer")
+    wrong = summer[8].T_cam_world        # top-1 is a place ~12 m further down the road
+    assert pose_error(wrong, rec.T_cam_world)[0] > 5.0
+    alone = Localizer(labeled_map, LocalizerConfig(max_points=3000, hypotheses=0))
+    fix = alone.localize(levels, wrong, PriorSource.RETRIEVAL, np.array([8, 5]))
+    assert pose_error(fix.T_cam_world, rec.T_cam_world)[0] > 1.0
+    localizer = Localizer(labeled_map, LocalizerConfig(max_points=3000))
+    fix = localizer.localize(levels, wrong, PriorSource.RETRIEVAL, np.array([8, 5]))
+    assert fix.accepted, fix.reason
+    assert pose_error(fix.T_cam_world, rec.T_cam_world)[0] < 0.05
