@@ -7,7 +7,11 @@ a bag replay and an image-folder evaluation run the same decisions:
   while tracking, from the last accepted pose moved by odometry; for the last two the points to
   align are those seen by the database images nearest the predicted camera (`points_near`);
 - a refined pose is accepted only if it converged, its label consistency reaches
-  `min_consistency` and its position standard deviation stays under `max_position_std_m`;
+  `min_consistency`, its chance-corrected consistency (Cohen's kappa: consistency against the
+  agreement expected from the label frequencies of the points and of the frame's argmax map
+  alone) reaches `min_kappa`, and its position standard deviation stays under
+  `max_position_std_m`. The kappa gate matters when a model uses few labels: a wrong pose
+  then still agrees often by chance;
 - states: uninitialized -> localized (fix from a global prior) -> tracking (fix from a propagated
   prior) -> lost (a rejected fix, or too long without one); lost and uninitialized need a global
   prior again.
@@ -48,6 +52,7 @@ class LocalizerConfig:
     """Gates and tracking settings (units in names)."""
 
     min_consistency: float = 0.35
+    min_kappa: float = 0.4
     max_position_std_m: float = 2.0
     max_points: int = 5000
     tracking: bool = True
@@ -65,6 +70,7 @@ class Fix:
     T_cam_world: Pose
     covariance: np.ndarray      # (6,6), see RefineResult.covariance
     consistency: float
+    kappa: float                # chance-corrected consistency (see module docstring)
     num_points: int
     accepted: bool
     reason: str                 # why rejected; "" when accepted
@@ -79,6 +85,19 @@ class Fix:
     @property
     def rotation_std_rad(self) -> float:
         return _largest_std(self.covariance[3:, 3:])
+
+
+def chance_consistency(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Label agreement expected by chance: sum_k (share of points labelled k) x (share of pixels
+    whose argmax is k), from one level's (K,H,W) maps. One argmax pass over K per frame."""
+    K = probs.shape[0]
+    f_pixels = np.bincount(probs.argmax(0).ravel(), minlength=K) / probs[0].size
+    f_points = np.bincount(np.asarray(labels, np.int64), minlength=K)[:K] / max(len(labels), 1)
+    return float(f_pixels @ f_points)
+
+
+def _kappa(consistency: float, chance: float) -> float:
+    return (consistency - chance) / (1.0 - chance) if chance < 1.0 else 0.0
 
 
 def _largest_std(cov: np.ndarray) -> float:
@@ -159,22 +178,27 @@ class Localizer:
         results = [refine(levels, points, T, self.config.refine) for T in starts]
         best = max(range(len(results)), key=lambda j: (results[j].converged,
                                                        results[j].consistency))
+        chance = chance_consistency(levels[-2 if len(levels) > 1 else -1].probs, points.labels)
         return self._finish(results[best], T_cam_world_prior, source,
-                            self._rejection(results[best]))
+                            self._rejection(results[best], chance), chance)
 
-    def _rejection(self, result: RefineResult) -> str:
+    def _rejection(self, result: RefineResult, chance: float) -> str:
         if not result.converged:
             return f"refinement failed: {result.failure}"
         if result.consistency < self.config.min_consistency:
             return (f"label consistency {result.consistency:.2f} < "
                     f"min_consistency {self.config.min_consistency:.2f}")
+        kappa = _kappa(result.consistency, chance)
+        if kappa < self.config.min_kappa:
+            return (f"label consistency {result.consistency:.2f} is barely above chance "
+                    f"{chance:.2f} (kappa {kappa:.2f} < min_kappa {self.config.min_kappa:.2f})")
         std = _largest_std(result.covariance[:3, :3])
         if not std <= self.config.max_position_std_m:
             return f"position std {std:.2f} m > max_position_std_m {self.config.max_position_std_m}"
         return ""
 
     def _finish(self, result: RefineResult | None, prior: Pose, source: PriorSource,
-                reason: str) -> Fix:
+                reason: str, chance: float = 1.0) -> Fix:
         accepted = result is not None and reason == ""
         if accepted:
             self.state = State.TRACKING if source == PriorSource.TRACKING else State.LOCALIZED
@@ -183,6 +207,7 @@ class Localizer:
         fix = Fix(T_cam_world=result.T_cam_world if result is not None else prior,
                   covariance=result.covariance if result is not None else np.full((6, 6), np.inf),
                   consistency=result.consistency if result is not None else 0.0,
+                  kappa=_kappa(result.consistency, chance) if result is not None else 0.0,
                   num_points=result.num_valid if result is not None else 0,
                   accepted=accepted, reason=reason, source=source, T_cam_world_prior=prior,
                   state=self.state)

@@ -94,6 +94,8 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
         ParamSpec("tracking", True, "after a good fix, use the last pose moved by odometry as prior"),
         ParamSpec("min_consistency", 0.35, "reject fixes whose label consistency is below",
                   range=(0.0, 1.0)),
+        ParamSpec("min_kappa", 0.4, "reject fixes whose chance-corrected consistency is below",
+                  range=(-1.0, 1.0)),
         ParamSpec("max_position_std_m", 2.0, "reject fixes with a larger position std-dev",
                   range=(0.0, 1000.0)),
         ParamSpec("max_points", 5000, "map points refined per frame", range=(100, 200000)),

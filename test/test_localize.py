@@ -114,3 +114,13 @@ def test_retrieved_hypotheses_recover_a_wrong_top1(world_and_map):
     fix = localizer.localize(levels, wrong, PriorSource.RETRIEVAL, np.array([8, 5]))
     assert fix.accepted, fix.reason
     assert pose_error(fix.T_cam_world, rec.T_cam_world)[0] < 0.05
+
+
+def test_chance_consistency_from_label_frequencies():
+    from segloc_core.localize import chance_consistency
+
+    probs = np.zeros((4, 2, 5), np.float32)
+    probs[0, 0, :] = 1.0          # half the pixels argmax 0
+    probs[1, 1, :] = 1.0          # half argmax 1
+    labels = np.array([0, 0, 0, 2])  # 3/4 of the points labelled 0
+    assert chance_consistency(probs, labels) == pytest.approx(0.5 * 0.75)

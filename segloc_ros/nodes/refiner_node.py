@@ -53,7 +53,7 @@ class RefinerNode(Node):
             self.get_logger().warning(f"map {path} is in frame {labeled_map.meta.frame_id!r}; "
                                       f"publishing it as {self.p['map_frame']!r}")
         self.localizer = Localizer(labeled_map, LocalizerConfig(
-            min_consistency=self.p["min_consistency"],
+            min_consistency=self.p["min_consistency"], min_kappa=self.p["min_kappa"],
             max_position_std_m=self.p["max_position_std_m"],
             max_points=self.p["max_points"], tracking=self.p["tracking"]))
         self.get_logger().info(f"map {path}: {len(labeled_map)} points, K={labeled_map.meta.K}")
@@ -216,6 +216,7 @@ class RefinerNode(Node):
         status.header.stamp = ns_to_stamp(stamp_ns if stamp_ns is not None else 0)
         if fix is not None:
             status.consistency = float(fix.consistency)
+            status.kappa = float(fix.kappa)
             status.num_points = int(fix.num_points)
             status.position_std_m = float(min(fix.position_std_m, 1e6))
             status.rotation_std_rad = float(min(fix.rotation_std_rad, 1e6))
