@@ -257,6 +257,13 @@ class InferenceGraph(nn.Module):
     """What ONNX/TensorRT run: uint8-range RGB in, per level probabilities + reductions, descriptor.
 
     Outputs, in order: probs_0..3 (B,K,h,w), reductions_0..3 (B,C,h,w), descriptor (B,M*K).
+
+    All four output levels share the finest head's cluster set: the coarser ones are its
+    probabilities area-pooled to their resolution. A map point carries one label (voted on the
+    finest level), and the refiner reads channel y_m at every level, so every level must speak
+    the same labels. (The paper learns a distinct cluster set per level, which would need one
+    label per level and point in the map; the coarser heads here serve training as deep
+    supervision only.)
     """
 
     def __init__(self, net: SegLocNet, reductions: tuple[str, ...]):
@@ -269,7 +276,10 @@ class InferenceGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.net(images)
-        probs = [torch.softmax(lv.logits, dim=1) for lv in out.levels]
+        finest = torch.softmax(out.levels[-1].logits, dim=1)
+        strides = self.net.config.strides
+        probs = [F.avg_pool2d(finest, s // strides[-1]) if s != strides[-1] else finest
+                 for s in strides]
         reds = [reduce_over_classes(p, self.reductions) for p in probs]
         return (*probs, *reds, out.descriptor)
 
