@@ -154,3 +154,37 @@ def test_world_pairs_cross_conditions(tiny_world):
         assert (r.uv_a >= 0).all() and (r.uv_a[:, 0] <= 64).all() and (r.uv_a[:, 1] <= 48).all()
         assert not in_heldout(ps.T_world_cam[r.key_a][:3, 3])
     assert next(iter(ps.images.values())).shape == (48, 64, 3)
+
+
+def test_colmap_pairs_from_sfm_tracks(tmp_path):
+    """Two images of a text COLMAP model sharing 80 points: correspondences are the tracks' observations."""
+    import cv2
+
+    from segloc_core.pairs import colmap_pairs
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "model" / "cameras.txt").write_text("1 PINHOLE 128 96 100 100 64 48\n")
+    rng = np.random.default_rng(0)
+    pts = rng.uniform([-2, -1.5, 4], [2, 1.5, 6], (80, 3))
+    images, tracks = [], {j: [] for j in range(1, 81)}
+    for iid, tx in ((1, 0.0), (2, 0.3)):
+        p = pts - [tx, 0, 0]  # camera iid sits at x = tx, T_cam_world = [I | -tx]
+        uv = p[:, :2] / p[:, 2:] * 100 + [64, 48]
+        images += [f"{iid} 1 0 0 0 {-tx} 0 0 1 img{iid}.png", " ".join(f"{u} {v} {j + 1}" for j, (u, v) in enumerate(uv))]
+        for j in range(80):
+            tracks[j + 1].append(f"{iid} {j}")
+        cv2.imwrite(str(tmp_path / "images" / f"img{iid}.png"), rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    (tmp_path / "model" / "images.txt").write_text("\n".join(images) + "\n")
+    (tmp_path / "model" / "points3D.txt").write_text(
+        "\n".join(f"{j} {x} {y} {z} 128 128 128 0.5 " + " ".join(tracks[j]) for j, (x, y, z) in enumerate(pts, 1)) + "\n")
+    ps = colmap_pairs(tmp_path / "model", tmp_path / "images", (64, 48), min_shared=20, max_corr=50)
+    assert len(ps) == 1 and len(ps.pairs[0].uv_a) == 50
+    r = ps.pairs[0]
+    assert ps.images[r.key_a].shape == (48, 64, 3)
+    assert np.allclose(r.uv_a[:, 1], r.uv_b[:, 1], atol=1e-4)  # sideways motion: same rows
+    assert np.all(r.uv_b[:, 0] < r.uv_a[:, 0])  # camera moved right, points move left (half size)
+    assert (r.key_a, r.key_b) == ("img1.png", "img2.png")
+    assert np.allclose(ps.T_world_cam["img2.png"][:3, 3], [0.3, 0, 0])
+    with pytest.raises(InputError, match="does not exist"):
+        colmap_pairs(tmp_path / "nope", tmp_path / "images", (64, 48))
