@@ -14,6 +14,9 @@ Why this architecture (paper 000 uses a hybrid DPT, far too heavy for a Jetson):
   the consistency losses act on) and a 1x1 classification head h_l whose weight rows are the
   prototypes c_k (initialised by k-means), giving P_l = softmax(logits).
 - `width` scales every channel count (1.0 is the shipped default); `feature_dim` is D.
+- Inference (`InferenceGraph`) publishes the finest head's probabilities at all four resolutions
+  (area-pooled), since a map point carries a single label; the coarser heads are trained (deep
+  supervision, the paper's per-level losses) but not exported.
 - The inference graph also emits, per level, the reductions over K the refiner needs
   (`segloc_core.reductions.REDUCTION_NAMES`, re-exported by `segloc_core.refine`), so that O(K*H*W) pass runs with the network.
 - Global descriptor: Generalized Pooling Operator (paper 000 Eq. 6) per channel of the finest heat
