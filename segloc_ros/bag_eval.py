@@ -107,12 +107,15 @@ class _Recorder:
         self.thread.start()
 
     def graph_ready(self) -> bool:
-        """The segmentation node listens to the camera and the refiner publishes poses."""
-        listeners = {info.node_name for info in
-                     self.node.get_subscriptions_info_by_topic(self.topics["image"])}
-        return ("segmentation_node" in listeners
-                and self.node.count_publishers(self.topics["pose"]) >= 1
-                and self.node.count_publishers(self.topics["prior"]) >= 1)
+        """Every link of the graph is discovered: camera -> segmentation_node -> (segmentation,
+        descriptor) -> retrieval_node -> prior -> refiner_node -> pose."""
+        ns = self.topics["pose"].rsplit("/", 1)[0]
+        links = {self.topics["image"]: "segmentation_node", f"{ns}/segmentation": "refiner_node",
+                 f"{ns}/descriptor": "retrieval_node", self.topics["prior"]: "refiner_node"}
+        for topic, listener in links.items():
+            if listener not in {i.node_name for i in self.node.get_subscriptions_info_by_topic(topic)}:
+                return False
+        return self.node.count_publishers(self.topics["pose"]) >= 1
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=2.0)

@@ -4,6 +4,7 @@ bound), frame statistics, and /diagnostics."""
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -63,6 +64,7 @@ class FrameStats:
         self.last_skip_reason = ""
         self._latency_ms: deque[float] = deque(maxlen=200)
         self._done_at: deque[float] = deque(maxlen=200)
+        self._logged: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def done(self, latency_ms: float) -> None:
@@ -71,10 +73,19 @@ class FrameStats:
             self._latency_ms.append(latency_ms)
             self._done_at.append(time.monotonic())
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, period_s: float = 5.0) -> bool:
+        """Count a skipped frame; True when it should be logged: a kind of reason not seen in the
+        last `period_s` (numbers ignored), so a new problem shows at once and a repeated one is
+        throttled."""
+        kind = re.sub(r"[-+]?\d[\d.e+-]*", "#", reason)
+        now = time.monotonic()
         with self._lock:
             self.skipped += 1
             self.last_skip_reason = reason
+            if now - self._logged.get(kind, -1e9) < period_s:
+                return False
+            self._logged[kind] = now
+            return True
 
     def status(self, dropped: int, extra: dict[str, str] | None = None) -> DiagnosticStatus:
         with self._lock:

@@ -80,8 +80,8 @@ class RefinerNode(Node):
 
     # -- pairing (executor thread) ----------------------------------------------------------------
     def _skip(self, reason: str, stamp_ns: int | None = None) -> None:
-        self.stats.skip(reason)
-        self.get_logger().warning(f"skipping frame: {reason}", throttle_duration_sec=THROTTLE_S)
+        if self.stats.skip(reason):
+            self.get_logger().warning(f"skipping frame: {reason}")
         self._publish_status(stamp_ns, reason=reason)
 
     def on_segmentation(self, msg: Segmentation) -> None:
@@ -112,7 +112,9 @@ class RefinerNode(Node):
         limit = newest_ns - int(self.p["prior_timeout_s"] * 1e9)
         for stamp in [s for s in self._waiting if s < limit]:
             del self._waiting[stamp]
-            self.stats.skip("no pose prior arrived for the frame within prior_timeout_s")
+            if self.stats.skip("no pose prior arrived for the frame within prior_timeout_s"):
+                self.get_logger().warning("skipping frame: no pose prior arrived within "
+                                          "prior_timeout_s (is retrieval_node running?)")
 
     def on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
         try:

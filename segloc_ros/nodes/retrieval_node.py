@@ -72,8 +72,8 @@ class RetrievalNode(Node):
             retrieved = self.retriever.query(np.frombuffer(msg.data, np.float32))
             T_cam_world, covariance = prior_pose(self.map, retrieved, self.retriever.config)
         except InputError as exc:
-            self.stats.skip(str(exc))
-            self.get_logger().warning(f"skipping descriptor: {exc}", throttle_duration_sec=5.0)
+            if self.stats.skip(str(exc)):
+                self.get_logger().warning(f"skipping descriptor: {exc}")
             return
         out = PosePrior(header=msg.header, source=PosePrior.SOURCE_RETRIEVAL, forced=self.force,
                         image_ids=retrieved.image_ids.astype(np.uint32).tolist(),

@@ -26,7 +26,6 @@ from segloc_ros.params import NODE_PARAMS, declare
 from segloc_ros.segmentation_msg import pack_segmentation
 from segloc_ros.tf import stamp_to_ns
 
-THROTTLE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,8 @@ class SegmentationNode(Node):
 
     # -- pairing (executor thread) ----------------------------------------------------------------
     def _skip(self, reason: str) -> None:
-        self.stats.skip(reason)
-        self.get_logger().warning(f"skipping frame: {reason}", throttle_duration_sec=THROTTLE_S)
+        if self.stats.skip(reason):
+            self.get_logger().warning(f"skipping frame: {reason}")
 
     def _match(self, image: Image) -> CameraInfo | None:
         stamp = stamp_to_ns(image.header.stamp)
@@ -78,20 +77,27 @@ class SegmentationNode(Node):
             return
         info = self._match(image)
         if info is None:
-            if self._pending is not None:
-                self._skip(f"no CameraInfo on {self.p['camera_info_topic']} within "
-                           f"{self.p['sync_tolerance_s']} s of the image stamp")
-            self._pending = image
+            self._drop_pending()
+            self._pending = image   # its CameraInfo may still be on the way
             return
         self._submit(image, info)
 
     def on_info(self, info: CameraInfo) -> None:
         self._infos.append(info)
-        if self._pending is not None and self._match(self._pending) is not None:
+        if self._pending is not None and (match := self._match(self._pending)) is not None:
             image, self._pending = self._pending, None
-            self._submit(image, self._match(image))
+            self._submit(image, match)
+
+    def _drop_pending(self) -> None:
+        """A newer frame arrived while an image still waited for its CameraInfo: give up on it."""
+        if self._pending is not None:
+            self._pending = None
+            self._skip(f"no CameraInfo on {self.p['camera_info_topic']} within "
+                       f"{self.p['sync_tolerance_s']} s of the image stamp")
 
     def _submit(self, image: Image, info: CameraInfo) -> None:
+        if self._pending is not None and self._pending is not image:
+            self._drop_pending()
         self._last_stamp_ns = stamp_to_ns(image.header.stamp)
         self.worker.put(_Frame(image, info, time.monotonic_ns()))
 
