@@ -245,7 +245,7 @@ def evaluate_bags(bags: list[Path], map_path: Path, model_path: Path | None, out
     params = out_dir / "eval_params.yaml"   # score the prior on every frame, not only when lost
     params.write_text("/**/retrieval_node:\n  ros__parameters:\n    retrieve_while_tracking: true\n")
     gt_stamps, gt_poses, labels, est = [], [], [], {PA: {}, PR: {}}
-    latency, rss = [], {}
+    latency, rss, processed = [], {}, {}
     for bag in bags:
         stamps, poses, T_base_cam = read_bag_ground_truth(bag)
         if ground_truth is not None:
@@ -264,6 +264,7 @@ def evaluate_bags(bags: list[Path], map_path: Path, model_path: Path | None, out
         latency += [(rec.image_wall_ns[s], rec.pose_wall_ns[s]) for s in rec.pose
                     if s in rec.image_wall_ns]
         rss[bag.name] = {"start_kb": rec.rss_start_kb, "end_kb": rec.rss_end_kb}
+        processed[bag.name] = len(rec.status)
 
     def trajectory(poses: dict) -> tm.Trajectory:
         keys = sorted(poses)
@@ -274,6 +275,7 @@ def evaluate_bags(bags: list[Path], map_path: Path, model_path: Path | None, out
                         latency_ns={PR: np.array(latency, np.int64).reshape(-1, 2)},
                         extra={"map": str(map_path), "bytes_per_point": size_report(map_path).bytes_per_point,
                                "bags": [str(b) for b in bags], "rate": rate, "node_rss_kb": rss,
+                               "frames_processed": processed,
                                "poses": "base_link in map (T_map_base)"})
 
 

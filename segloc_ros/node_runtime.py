@@ -38,6 +38,10 @@ class LatestSlot(Generic[T]):
             self._item = item
             self._cond.notify()
 
+    def count_dropped(self, n: int) -> None:
+        with self._cond:
+            self.dropped += n
+
     def take(self, timeout_s: float = 0.2) -> T | None:
         with self._cond:
             if self._item is None and not self._closed:
@@ -139,6 +143,10 @@ class FrameWorker(Generic[T]):
     @property
     def dropped(self) -> int:
         return self.slot.dropped
+
+    def count_dropped(self, n: int) -> None:
+        """Frames superseded before reaching the slot (e.g. while pairing) count as dropped too."""
+        self.slot.count_dropped(n)
 
     def _loop(self) -> None:
         while not self.slot.closed:

@@ -26,6 +26,8 @@ from segloc_ros.params import NODE_PARAMS, declare
 from segloc_ros.segmentation_msg import pack_segmentation
 from segloc_ros.tf import stamp_to_ns
 
+PAIRING_TIMEOUT_S = 0.5  # how long an image may wait for its CameraInfo
+
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class SegmentationNode(Node):
         self.get_logger().info(f"model {self.segmenter.model_hash} (K={self.segmenter.K}) on "
                                f"{self.segmenter.backend}")
         self._infos: deque[CameraInfo] = deque(maxlen=30)
-        self._pending: Image | None = None   # image waiting for its CameraInfo
+        self._pending: dict[int, Image] = {}   # images waiting for their CameraInfo, by stamp
         self._last_stamp_ns = -1
         self.worker = FrameWorker(self, self.process)
         self.stats = FrameStats("segloc: segmentation_node")
@@ -71,35 +73,38 @@ class SegmentationNode(Node):
     def on_image(self, image: Image) -> None:
         self.stats.received += 1
         stamp = stamp_to_ns(image.header.stamp)
-        if stamp <= self._last_stamp_ns:
+        if stamp <= self._last_stamp_ns or stamp in self._pending:
             self._skip(f"image stamp {stamp * 1e-9:.3f} s is not after the last one "
                        f"({self._last_stamp_ns * 1e-9:.3f} s): out of order or repeated")
             return
-        info = self._match(image)
-        if info is None:
-            self._drop_pending()
-            self._pending = image   # its CameraInfo may still be on the way
-            return
-        self._submit(image, info)
+        self._pending[stamp] = image   # its CameraInfo may still be on the way
+        self._pair(stamp)
 
     def on_info(self, info: CameraInfo) -> None:
         self._infos.append(info)
-        if self._pending is not None and (match := self._match(self._pending)) is not None:
-            image, self._pending = self._pending, None
-            self._submit(image, match)
+        self._pair(stamp_to_ns(info.header.stamp))
 
-    def _drop_pending(self) -> None:
-        """A newer frame arrived while an image still waited for its CameraInfo: give up on it."""
-        if self._pending is not None:
-            self._pending = None
+    def _pair(self, newest_ns: int) -> None:
+        """Submit the newest waiting image that has its CameraInfo; older waiting images are
+        superseded (latest wins); images left without CameraInfo for PAIRING_TIMEOUT_S are
+        reported and dropped."""
+        matched = [(s, info) for s, image in self._pending.items()
+                   if (info := self._match(image)) is not None]
+        if matched:
+            stamp, info = matched[-1]
+            image = self._pending[stamp]
+            superseded = [s for s in self._pending if s < stamp]
+            for old in superseded + [stamp]:
+                del self._pending[old]
+            self.worker.count_dropped(len(superseded))
+            self._last_stamp_ns = stamp
+            self.worker.put(_Frame(image, info, time.monotonic_ns()))
+        limit = newest_ns - int(PAIRING_TIMEOUT_S * 1e9)
+        for old in [s for s in self._pending if s < limit]:
+            del self._pending[old]
             self._skip(f"no CameraInfo on {self.p['camera_info_topic']} within "
-                       f"{self.p['sync_tolerance_s']} s of the image stamp")
-
-    def _submit(self, image: Image, info: CameraInfo) -> None:
-        if self._pending is not None and self._pending is not image:
-            self._drop_pending()
-        self._last_stamp_ns = stamp_to_ns(image.header.stamp)
-        self.worker.put(_Frame(image, info, time.monotonic_ns()))
+                       f"{self.p['sync_tolerance_s']} s of the image stamp "
+                       f"(waited {PAIRING_TIMEOUT_S} s)")
 
     # -- inference (worker thread) ----------------------------------------------------------------
     def process(self, frame: _Frame) -> None:
