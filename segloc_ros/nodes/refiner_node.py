@@ -134,6 +134,11 @@ class RefinerNode(Node):
             self._skip(f"segmentation stamp {stamp * 1e-9:.3f} s is not after the last processed "
                        "one (out of order)", stamp)
             return
+        if msg.model_hash != self.localizer.map.meta.model_hash:
+            self._skip(f"segmentation from model {msg.model_hash}, but the map was labelled by "
+                       f"model {self.localizer.map.meta.model_hash}: rebuild the map with this "
+                       "model (segloc map build) or run the map's model", stamp)
+            return
         try:
             camera = camera_info_to_camera(msg.camera_info)
             levels = unpack_levels(msg, camera)
