@@ -85,7 +85,9 @@ class LossConfig:
     ms: float = 1.0
     fc_tau: float = 0.07
     head_tau: float = 0.1  # heads start as prototypes / head_tau
-    label_prior: str = "data"  # d in the target update (Eq. 2): "data" = d^p (paper), "uniform" = DDC's d^u
+    label_prior: str = "data"  # target update: "data" = Eq. 2 with d^p (paper), "uniform" = DDC's d^u,
+    # "sinkhorn" = balanced Sinkhorn-Knopp targets (losses.sinkhorn_targets)
+    sinkhorn_sharpen: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,9 @@ class TrainConfig:
             if bad:
                 raise InputError(f"unknown keys in config section {name!r}: {sorted(bad)}")
             kw[name] = typ(**sec)
-        if kw["loss"].label_prior not in ("data", "uniform"):
-            raise InputError(f"loss.label_prior must be 'data' or 'uniform', got {kw['loss'].label_prior!r}")
+        if kw["loss"].label_prior not in ("data", "uniform", "sinkhorn"):
+            raise InputError("loss.label_prior must be 'data', 'uniform' or 'sinkhorn', "
+                             f"got {kw['loss'].label_prior!r}")
         return cls(**kw)
 
     @classmethod
@@ -319,6 +322,8 @@ def _step_losses(net: SegLocNet, batch, cfg: TrainConfig, epoch: int, warm_cente
         if w.dc > 0:
             if epoch < cfg.optim.warmup_epochs:
                 q = L.student_t_targets(feats_px, warm_centers[lv])
+            elif w.label_prior == "sinkhorn":
+                q = L.sinkhorn_targets(torch.softmax(logits_px, 1), w.sinkhorn_sharpen)
             else:
                 q = L.target_update(torch.softmax(logits_px, 1), w.label_prior)
             ce, dc_value = L.discriminative_clustering(logits_px, q)

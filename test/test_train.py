@@ -33,6 +33,26 @@ def test_target_update_sharpens_and_balances():
     assert torch.equal(q.argmax(1), (p ** 2 / p.pow(2).sum(0).sqrt() * p.mean(0)).argmax(1))
 
 
+def test_sinkhorn_targets_balance_a_collapsed_assignment():
+    torch.manual_seed(0)
+    # 90% of the pixels prefer cluster 0: Eq. (2) keeps that; Sinkhorn-Knopp spreads the mass evenly.
+    logits = torch.randn(600, 6)
+    logits[:540, 0] += 3.0
+    p = torch.softmax(logits, dim=1)
+    q = L.sinkhorn_targets(p)
+    assert torch.allclose(q.sum(1), torch.ones(600), atol=1e-5)
+    assert float(q.mean(0).max() / q.mean(0).min()) < 1.5
+    assert float(L.target_update(p, "uniform").mean(0)[0]) > 0.5
+    assert L.entropy_normalised(q) > L.entropy_normalised(p)
+
+
+def test_sinkhorn_config_trains(tmp_path):
+    cfg = TrainConfig.from_dict({**TINY, "optim": {**TINY["optim"], "epochs": 2, "warmup_epochs": 1},
+                                 "loss": {"label_prior": "sinkhorn"}})
+    row = train(cfg, tmp_path, progress=False).final
+    assert np.isfinite(row["dc_ce"]) and row["usage_3"] > 0.5
+
+
 def test_student_t_prefers_nearest_prototype():
     c = torch.eye(4)
     f = torch.tensor([[0.9, 0.1, 0.0, 0.0], [0.0, 0.0, 0.2, 0.95]])
