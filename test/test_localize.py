@@ -16,7 +16,7 @@ from segloc_core.refine_scenes import oracle_levels
 
 K = 50
 LEVELS_160 = ((20, 15), (40, 30), (80, 60), (160, 120))
-MAUPERTUIS = Path("/work/shared/data/maupertuis")
+MAUPERTUIS = Path(__file__).resolve().parent / "data" / "maupertuis"  # BSD-3, NAVER (kapture samples)
 
 
 @pytest.fixture(scope="module")

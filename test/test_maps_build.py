@@ -13,7 +13,7 @@ from segloc_core.map_build import (BuildConfig, Observations, finish_map, sample
                                    world_geometry)
 from segloc_core.map_format import load_map, save_map, size_report
 
-MAUPERTUIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "maupertuis"
+MAUPERTUIS = Path(__file__).resolve().parent / "data" / "maupertuis"  # BSD-3, NAVER (kapture samples)
 
 
 @pytest.fixture(scope="module")
