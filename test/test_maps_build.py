@@ -127,7 +127,6 @@ def test_world_map_end_to_end_with_a_real_segmenter(tiny_world, untrained_model,
     assert main(["map", "info", str(tmp_path / "bad.segmap")]) == 4  # InputError exit code
 
 
-@pytest.mark.skipif(not MAUPERTUIS.exists(), reason="shared maupertuis data set not present")
 def test_maupertuis_colmap_import(untrained_model, tmp_path, capsys):
     from segloc_core.map_colmap import colmap_geometry
 
@@ -165,7 +164,6 @@ def test_maupertuis_colmap_import(untrained_model, tmp_path, capsys):
     assert "points            1039" in info and "with SIFT" in info
 
 
-@pytest.mark.skipif(not MAUPERTUIS.exists(), reason="shared maupertuis data set not present")
 def test_kapture_posed_images_triangulate_in_the_given_frame():
     """pycolmap triangulation with the kapture poses held fixed (SIFT on 4 images, a few seconds)."""
     from segloc_core.map_colmap import kapture_geometry, read_kapture_posed_images
@@ -181,7 +179,6 @@ def test_kapture_posed_images_triangulate_in_the_given_frame():
     assert (z > 0).all()
 
 
-@pytest.mark.skipif(not MAUPERTUIS.exists(), reason="shared maupertuis data set not present")
 def test_colmap_model_without_points_is_triangulated(tmp_path):
     import pycolmap
 
