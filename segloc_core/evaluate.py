@@ -95,7 +95,8 @@ def evaluate_queries(query_dirs: Sequence[Path], map_path: Path, model_path: Pat
                                "poses": "camera (T_world_cam)"})
 
 
-def _run_queries(args: argparse.Namespace) -> int:
+def run_queries(args: argparse.Namespace) -> int:
+    """`segloc eval --queries ...` (also the fallback of the ROS front end without --bag)."""
     from segloc_core.paths import home, map_path
 
     if not args.queries:
@@ -118,7 +119,7 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", type=Path, nargs="+", default=None,
                         help="kapture or COLMAP query folders with reference poses")
     add_common_arguments(parser)
-    parser.set_defaults(func=_run_queries)
+    parser.set_defaults(func=run_queries)
     sub = parser.add_subparsers(dest="what", required=False, metavar="{seg}")
     from segloc_core import seg_metrics
 

@@ -19,12 +19,17 @@ a bag replay and an image-folder evaluation run the same decisions:
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Sequence
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
+from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
 from segloc_core.map_format import LabeledMap
 from segloc_core.refine import LabeledPoints, LevelInput, RefineConfig, RefineResult, refine
@@ -241,13 +246,6 @@ def localize_queries(queries: Sequence["QueryImage"], segmenter, labeled_map: La
                      config: LocalizerConfig = LocalizerConfig(),
                      progress: bool = True) -> list[QueryResult]:
     """Localize independent query images (no tracking: each starts from retrieval)."""
-    import dataclasses
-    import time
-
-    import cv2
-    from tqdm import tqdm
-
-    from segloc_core.errors import InputError
     from segloc_core.retrieval import RetrievalConfig, Retriever
 
     if segmenter.K != labeled_map.meta.K or segmenter.model_hash != labeled_map.meta.model_hash:

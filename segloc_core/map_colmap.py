@@ -23,7 +23,8 @@ from segloc_core.geometry import Camera, Pose
 from segloc_core.map_build import MapGeometry, Observations
 
 
-def _camera(c) -> Camera:
+def camera_from_pycolmap(c) -> Camera:
+    """geometry.Camera of a pycolmap camera (SIMPLE_PINHOLE becomes the equivalent PINHOLE)."""
     model, params = c.model.name, np.asarray(c.params, np.float64)
     if model == "SIMPLE_PINHOLE":  # f cx cy is PINHOLE with fx = fy
         model, params = "PINHOLE", np.array([params[0], params[0], params[1], params[2]])
@@ -77,7 +78,7 @@ def geometry_from_reconstruction(rec, image_dir: Path, source: str) -> MapGeomet
     names = tuple(im.name for im in images)
     return MapGeometry(np.asarray(xyz), Observations(np.asarray(obs_p, np.int64), np.asarray(obs_i, np.int64),
                                                      np.asarray(obs_uv, np.float64).reshape(-1, 2)),
-                       names, tuple(poses), tuple(_camera(rec.cameras[im.camera_id]) for im in images),
+                       names, tuple(poses), tuple(camera_from_pycolmap(rec.cameras[im.camera_id]) for im in images),
                        _rgb_loader(Path(image_dir), names), source)
 
 
@@ -93,7 +94,7 @@ def colmap_geometry(model_dir: Path, image_dir: Path, max_image_size: int = 1600
     if len(cameras) != 1:
         raise InputError(f"{model_dir}: triangulation here supports one camera; the model has {len(cameras)}")
     return posed_images_geometry(Path(image_dir), [im.name for im in images], [_pose(im) for im in images],
-                                 _camera(rec.cameras[cameras.pop()]), source, max_image_size)
+                                 camera_from_pycolmap(rec.cameras[cameras.pop()]), source, max_image_size)
 
 
 def sfm_geometry(image_dir: Path, work_dir: Path | None = None, max_image_size: int = 1600) -> MapGeometry:

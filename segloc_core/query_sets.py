@@ -15,7 +15,8 @@ import numpy as np
 
 from segloc_core.errors import InputError
 from segloc_core.geometry import Camera, Pose
-from segloc_core.map_colmap import read_kapture_posed_images, read_reconstruction
+from segloc_core.map_colmap import (camera_from_pycolmap, read_kapture_posed_images,
+                                    read_reconstruction)
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,13 @@ def _kapture(folder: Path) -> list[QueryImage]:
 
 
 def _colmap(model_dir: Path, images_dir: Path) -> list[QueryImage]:
-    from segloc_core.map_colmap import _camera
-
     rec = read_reconstruction(model_dir)
     out = []
     for image in sorted(rec.images.values(), key=lambda im: im.name):
         cfw = image.cam_from_world()
         pose = Pose.from_quat_xyzw(np.asarray(cfw.rotation.quat), np.asarray(cfw.translation))
-        out.append(QueryImage(image.name, images_dir / image.name, _camera(rec.cameras[image.camera_id]),
-                              pose))
+        camera = camera_from_pycolmap(rec.cameras[image.camera_id])
+        out.append(QueryImage(image.name, images_dir / image.name, camera, pose))
     return out
 
 

@@ -280,11 +280,11 @@ def evaluate_bags(bags: list[Path], map_path: Path, model_path: Path | None, out
 
 
 def _run(args) -> int:
-    from segloc_core.evaluate import _run_queries
+    from segloc_core.evaluate import run_queries
     from segloc_core.paths import home, map_path
 
     if not args.bag:
-        return _run_queries(args)
+        return run_queries(args)
     out = args.out or home() / "eval" / "bag"
     report = evaluate_bags(args.bag, args.map or map_path(), args.model, out, args.rate,
                            args.ground_truth)
