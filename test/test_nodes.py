@@ -77,7 +77,7 @@ def test_world_bag_gives_poses_and_tf_and_refiner_restart_recovers(graph_assets)
         time.sleep(1.0)
         stop = threading.Event()
         player = threading.Thread(target=play_bag, args=(graph_assets["bag"],),
-                                  kwargs={"rate": 0.5, "delay_s": 0.5, "stop_event": stop,
+                                  kwargs={"rate": 0.4, "delay_s": 0.5, "stop_event": stop,
                                           "wait_for": ["/camera/image_raw"], "wait_count": 2})
         player.start()
         _wait(lambda: len(recorder.rec.pose) >= 2, 60, "two poses")

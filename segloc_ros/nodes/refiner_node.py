@@ -112,9 +112,10 @@ class RefinerNode(Node):
         limit = newest_ns - int(self.p["prior_timeout_s"] * 1e9)
         for stamp in [s for s in self._waiting if s < limit]:
             del self._waiting[stamp]
-            if self.stats.skip("no pose prior arrived for the frame within prior_timeout_s"):
-                self.get_logger().warning("skipping frame: no pose prior arrived within "
-                                          "prior_timeout_s (is retrieval_node running?)")
+            reason = "no pose prior arrived within prior_timeout_s (is retrieval_node running?)"
+            if self.stats.skip(reason):
+                self.get_logger().warning(f"skipping frame: {reason}")
+            self._publish_status(stamp, reason=reason)  # tells retrieval this refiner needs priors
 
     def on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
         try:

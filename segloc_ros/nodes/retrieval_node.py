@@ -27,6 +27,8 @@ from segloc_ros.node_runtime import FrameStats, FrameWorker, spin_node, start_di
 from segloc_ros.params import NODE_PARAMS, declare
 from segloc_ros.pose_msgs import to_pose_with_covariance
 
+STATUS_TIMEOUT_S = 1.0
+
 
 class RetrievalNode(Node):
     def __init__(self) -> None:
@@ -39,6 +41,7 @@ class RetrievalNode(Node):
         self.get_logger().info(f"map {path}: {len(self.map.images)} database images, "
                                f"index {self.retriever.index.kind}")
         self.tracking = False
+        self.status_at = 0.0
         self.force = False
         self.skipped_tracking = 0
         self.worker = FrameWorker(self, self.process)
@@ -52,6 +55,12 @@ class RetrievalNode(Node):
 
     def on_status(self, msg: LocalizationStatus) -> None:
         self.tracking = msg.state == LocalizationStatus.STATE_TRACKING
+        self.status_at = time.monotonic()
+
+    def refiner_tracks(self) -> bool:
+        """The refiner said it tracks, recently: a refiner that restarted or stopped publishing
+        needs global priors again, so an old "tracking" expires after STATUS_TIMEOUT_S."""
+        return self.tracking and time.monotonic() - self.status_at < STATUS_TIMEOUT_S
 
     def on_relocalize(self, _request, response):
         self.force = True
@@ -61,7 +70,7 @@ class RetrievalNode(Node):
 
     def on_descriptor(self, msg: GlobalDescriptor) -> None:
         self.stats.received += 1
-        if self.tracking and not (self.force or self.p["retrieve_while_tracking"]):
+        if self.refiner_tracks() and not (self.force or self.p["retrieve_while_tracking"]):
             self.skipped_tracking += 1
             return
         self.worker.put(msg)
