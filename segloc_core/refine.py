@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from segloc_core.errors import InputError
-from segloc_core.geometry import MIN_DEPTH, Camera, Pose
+from segloc_core.geometry import Camera, Pose
 from segloc_core.lm import Linearization, LMConfig, run_lm
 from segloc_core.reductions import REDUCTION_NAMES, dequantize, level_reductions
 

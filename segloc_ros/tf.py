@@ -23,7 +23,6 @@ from geometry_msgs.msg import TransformStamped
 from pytransform3d.transform_manager import StaticTransform, TemporalTransformManager, TimeVaryingTransform
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from scipy.spatial.transform import Rotation, Slerp
 from tf2_msgs.msg import TFMessage
 
 from segloc_core.geometry import Pose

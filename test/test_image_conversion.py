@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 import pytest
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import Image
 
 from segloc_core.errors import InputError
 from segloc_core.geometry import Camera

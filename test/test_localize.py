@@ -84,8 +84,7 @@ def test_prior_far_from_map_has_no_points(world_and_map):
     ds, labeled_map = world_and_map
     localizer = Localizer(labeled_map)
     rec, levels = _query(ds, "summer", 3)
-    far = Pose(rec.T_cam_world.R, rec.T_cam_world.t + np.array([0.0, 0.0, 0.0])) @ \
-        Pose.from_rotvec([0, 0, 0], [5000.0, 0, 0])
+    far = rec.T_cam_world @ Pose.from_rotvec([0, 0, 0], [5000.0, 0, 0])
     fix = localizer.localize(levels, far, PriorSource.INITIALPOSE)
     assert not fix.accepted and localizer.state == State.LOST
 

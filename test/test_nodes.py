@@ -63,7 +63,7 @@ def _wait(predicate, timeout_s: float, what: str) -> None:
 
 def test_world_bag_gives_poses_and_tf_and_refiner_restart_recovers(graph_assets):
     from segloc_ros.bag import play_bag
-    from segloc_ros.tf import TransformUnavailable, create_tf_lookup
+    from segloc_ros.tf import create_tf_lookup
 
     # The gates are opened: this test is about the graph (poses, TF, respawn), while accuracy and
     # gating are measured by `segloc eval` on whole traversals.

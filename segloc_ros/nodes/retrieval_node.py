@@ -78,10 +78,10 @@ class RetrievalNode(Node):
     def process(self, msg: GlobalDescriptor) -> None:
         start = time.monotonic()
         if msg.model_hash != self.map.meta.model_hash:
-            if self.stats.skip(f"descriptor from model {msg.model_hash}, map from {self.map.meta.model_hash}"):
-                self.get_logger().warning(
-                    f"skipping descriptor: it comes from model {msg.model_hash} but the map's "
-                    f"descriptors from model {self.map.meta.model_hash}; rebuild the map")
+            reason = (f"descriptor from model {msg.model_hash} but the map's descriptors from "
+                      f"model {self.map.meta.model_hash}; rebuild the map")
+            if self.stats.skip(reason):
+                self.get_logger().warning(f"skipping {reason}")
             return
         try:
             retrieved = self.retriever.query(np.frombuffer(msg.data, np.float32))
