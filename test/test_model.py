@@ -48,9 +48,24 @@ def test_inference_graph_reductions_match_refiner_reference(net):
         assert np.allclose(outs[4 + lv][0].detach().numpy(), ref, atol=1e-6, rtol=1e-5)
 
 
+def test_inference_graph_equals_the_training_network(net):
+    """The channels-last inference graph gives the training forward's finest softmax, its area-
+    pooled levels and its descriptor."""
+    x = torch.rand(2, 3, 48, 64) * 255
+    with torch.no_grad():
+        outs = InferenceGraph(net, REDUCTION_NAMES)(x)
+        ref = net(x)
+    finest = torch.softmax(ref.levels[-1].logits, dim=1)
+    assert torch.allclose(outs[3], finest, atol=1e-6)
+    for lv, stride in enumerate(net.config.strides):
+        pooled = torch.nn.functional.avg_pool2d(finest, stride // net.config.strides[-1])
+        assert torch.allclose(outs[lv], pooled, atol=1e-6)
+    assert torch.allclose(outs[8], ref.descriptor, atol=1e-6)
+
+
 def test_reductions_on_peaked_maps():
     p = torch.softmax(torch.randn(1, 30, 9, 11) * 8, dim=1)
-    ours = reduce_over_classes(p, REDUCTION_NAMES)[0].numpy()
+    ours = reduce_over_classes(p.permute(0, 2, 3, 1), REDUCTION_NAMES)[0].numpy()
     assert np.allclose(ours, level_reductions(p[0].numpy()), atol=1e-6)
     with pytest.raises(InputError, match="reductions"):
         reduce_over_classes(p, ("sum_sq", "bogus"))
