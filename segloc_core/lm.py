@@ -26,7 +26,8 @@ class Linearization:
     E; g: (6,) gradient of E; num_valid: points that contributed; sigma2: weighted mean squared
     residual per valid point; metric: (6,6) M such that sqrt(xi^T M xi) is the size of a step in
     the objective's own unit (for image alignment: the RMS displacement of the points in pixels),
-    used to stop.
+    used to stop; extra_cost: a part of `cost` that belongs to no point (a pose prior), which step
+    acceptance adds to the per-point comparison.
     """
 
     cost: float
@@ -36,6 +37,7 @@ class Linearization:
     num_valid: int
     sigma2: float
     metric: np.ndarray
+    extra_cost: float = 0.0
 
 
 class Objective(Protocol):
@@ -111,7 +113,8 @@ def run_lm(objective: Objective, T_init: Pose, cfg: LMConfig) -> LMTrace:
         T_new = Pose.exp(step) @ T
         lin_new = objective.linearize(T_new)
         both = np.isfinite(lin.point_costs) & np.isfinite(lin_new.point_costs)
-        before, after = float(lin.point_costs[both].sum()), float(lin_new.point_costs[both].sum())
+        before = float(lin.point_costs[both].sum()) + lin.extra_cost
+        after = float(lin_new.point_costs[both].sum()) + lin_new.extra_cost
         small = float(step @ lin.metric @ step) < cfg.step_tol**2
         if after < before and lin_new.num_valid >= cfg.min_points:
             T, lin = T_new, lin_new

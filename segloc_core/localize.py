@@ -6,6 +6,8 @@ a bag replay and an image-folder evaluation run the same decisions:
 - a prior comes from retrieval (`retrieval.Retriever.prior`), from an operator (/initialpose), or,
   while tracking, from the last accepted pose moved by odometry; for the last two the points to
   align are those seen by the database images nearest the predicted camera (`points_near`);
+- while tracking, the propagated prior also enters the refinement as a Gaussian pose prior (MAP:
+  labels barely constrain the forward translation along a street, odometry does);
 - a refined pose is accepted only if it converged, its label consistency reaches
   `min_consistency`, its chance-corrected consistency (Cohen's kappa: consistency against the
   agreement expected from the label frequencies of the points and of the frame's argmax map
@@ -32,7 +34,8 @@ from tqdm import tqdm
 from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
 from segloc_core.map_format import LabeledMap
-from segloc_core.refine import LabeledPoints, LevelInput, RefineConfig, RefineResult, refine
+from segloc_core.refine import (GaussianPrior, LabeledPoints, LevelInput, RefineConfig,
+                                RefineResult, refine)
 
 if TYPE_CHECKING:
     from segloc_core.query_sets import QueryImage
@@ -65,6 +68,12 @@ class LocalizerConfig:
     near_max_angle_deg: float = 60.0  # ... among those looking within this angle of the prior
     hypotheses: int = 5             # retrieved images whose poses are refined as extra starts
     hypothesis_min_dist_m: float = 1.0
+    # tracking: the propagated prior enters refinement as a Gaussian (0 disables), its position
+    # std growing with the distance driven since the last fix (odometry drifts 0.5-2.5 %, the last
+    # fix itself is off by decimetres); the translation search covers 2 std of it
+    tracking_prior_std_m: float = 0.03
+    tracking_prior_std_per_m: float = 0.02
+    tracking_prior_std_deg: float = 0.3
     refine: RefineConfig = field(default_factory=RefineConfig)
 
 
@@ -180,7 +189,16 @@ class Localizer:
                 if min(np.linalg.norm(T.center() - s.center()) for s in starts) \
                         >= self.config.hypothesis_min_dist_m:
                     starts.append(T)
-        results = [refine(levels, points, T, self.config.refine) for T in starts]
+        prior, refine_config = None, self.config.refine
+        if source == PriorSource.TRACKING and self.last is not None \
+                and self.config.tracking_prior_std_m > 0:
+            driven = float(np.linalg.norm(T_cam_world_prior.center() - self.last.T_cam_world.center()))
+            std_m = self.config.tracking_prior_std_m + self.config.tracking_prior_std_per_m * driven
+            prior = GaussianPrior.isotropic(T_cam_world_prior, std_m,
+                                            np.radians(self.config.tracking_prior_std_deg))
+            refine_config = dataclasses.replace(
+                refine_config, search_radius_m=min(refine_config.search_radius_m, 2 * std_m))
+        results = [refine(levels, points, T, refine_config, prior) for T in starts]
         best = max(range(len(results)), key=lambda j: (results[j].converged,
                                                        results[j].consistency))
         chance = chance_consistency(levels[-2 if len(levels) > 1 else -1].probs, points.labels)

@@ -21,6 +21,12 @@ annealed from 0.3 on the coarsest level to 0.1 (SegLoc's) on the finest. Why: th
 no long-range gradient (clusters are ~1 m wide), so LM alone from 1-1.5 m off lands where
 translation and rotation trade off (rotation errors alone converge); see `RefineConfig`.
 
+With a `GaussianPrior` (tracking: the last fix moved by odometry), the cost becomes
+E(T)/sigma0^2 + 1/2 xi^T Lambda xi, xi = log(T T_prior^-1): a MAP estimate with the image term's
+noise sigma0^2 estimated at the start of each level (fixed during it, so LM compares like with
+like). Why: along a street the labels constrain the forward translation weakly, and refinement
+from a propagated prior slid metres per frame where odometry knew better.
+
 Points behind the camera or outside the interpolation domain (the hull of pixel centres,
 u in [0.5, W - 0.5] in COLMAP's convention) are ignored; LM compares the cost of two poses on the
 points visible at both, so a step gains nothing by pushing points out of view or pulling them in.
@@ -41,7 +47,7 @@ from segloc_core.lm import Linearization, LMConfig, run_lm
 from segloc_core.reductions import REDUCTION_NAMES, dequantize, level_reductions
 
 __all__ = ["REDUCTION_NAMES", "level_reductions", "LevelInput", "LabeledPoints", "RefineConfig",
-           "RefineResult", "refine", "refine_direct", "configure_bench"]
+           "RefineResult", "GaussianPrior", "refine", "refine_direct", "configure_bench"]
 
 _I_SUM_SQ, _I_MAX, _I_RIGHT, _I_DOWN, _I_DOWN_RIGHT, _I_DOWN_LEFT = (
     REDUCTION_NAMES.index(n) for n in
@@ -103,6 +109,27 @@ class RefineConfig:
         if above == 0 or not self.psi_coarse:
             return self.psi
         return self.psi_coarse[max(len(self.psi_coarse) - above, 0)]
+
+
+@dataclass(frozen=True)
+class GaussianPrior:
+    """Prior belief about T_cam_world: T = exp(xi) T_mean with xi ~ N(0, covariance), xi the
+    left-update twist (camera frame; tx ty tz in m, rx ry rz in rad), as `RefineResult.covariance`."""
+
+    T_mean: Pose
+    covariance: np.ndarray  # (6,6)
+
+    def __post_init__(self) -> None:
+        cov = np.asarray(self.covariance, dtype=np.float64)
+        if cov.shape != (6, 6) or not np.all(np.isfinite(cov)) or \
+                np.any(np.linalg.eigvalsh(0.5 * (cov + cov.T)) <= 0):
+            raise InputError("prior covariance must be a finite, positive definite 6x6 matrix")
+        if not self.T_mean.is_finite():
+            raise InputError("prior pose must be finite")
+
+    @classmethod
+    def isotropic(cls, T_mean: Pose, std_m: float, std_rad: float) -> GaussianPrior:
+        return cls(T_mean, np.diag([std_m ** 2] * 3 + [std_rad ** 2] * 3))
 
 
 @dataclass(frozen=True)
@@ -437,15 +464,37 @@ class _LevelObjective:
         return len(ok), float(np.mean(py >= maxp - 1e-6))
 
 
+class _PriorObjective:
+    """A level objective plus a Gaussian pose prior, in information units (see module docstring):
+    the image term is divided by its noise sigma0^2 at the level's start pose, so H is the
+    posterior information and the covariance is H^-1 (sigma2 reported as 1)."""
+
+    def __init__(self, inner: _LevelObjective, prior: GaussianPrior, T_start: Pose):
+        self.inner = inner
+        self.T_prior_inv = prior.T_mean.inv()
+        self.info = np.linalg.inv(np.asarray(prior.covariance, dtype=np.float64))
+        sigma2 = inner.linearize(T_start).sigma2
+        self.scale = 1.0 / max(sigma2, 1e-6) if np.isfinite(sigma2) else 1.0
+
+    def linearize(self, T: Pose) -> Linearization:
+        lin = self.inner.linearize(T)
+        xi = (T @ self.T_prior_inv).log()  # first order: d xi / d (left update) = I
+        prior_cost = 0.5 * float(xi @ self.info @ xi)
+        return Linearization(lin.cost * self.scale + prior_cost, lin.point_costs * self.scale,
+                             lin.H * self.scale + self.info, lin.g * self.scale + self.info @ xi,
+                             lin.num_valid, 1.0, lin.metric, prior_cost)
+
+
 # ------------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=8)
 def _search_grid(radius_m: float, step_m: float) -> np.ndarray:
-    """(m, 3) float32 translations on a cubic grid through 0 with spacing step_m, within radius_m
-    (cached, read-only)."""
+    """(m, 3) float32 translations on a cubic grid through 0 with spacing step_m, within radius_m,
+    nearest first (cached, read-only)."""
     g = np.arange(-np.floor(radius_m / step_m), np.floor(radius_m / step_m) + 1) * step_m
     d = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
     d = d[np.linalg.norm(d, axis=1) <= radius_m + 1e-9].astype(np.float32)
+    d = d[np.argsort(np.linalg.norm(d, axis=1), kind="stable")]  # 0 first: ties keep the start
     d.flags.writeable = False
     return d
 
@@ -529,7 +578,8 @@ def _subset(points: LabeledPoints, order: np.ndarray, num: int) -> LabeledPoints
     return LabeledPoints(np.asarray(points.xyz)[keep], np.asarray(points.labels)[keep], w)
 
 
-def _refine(levels, points, T_init, config, sampler_cls) -> RefineResult:
+def _refine(levels, points, T_init, config, sampler_cls,
+            prior: GaussianPrior | None = None) -> RefineResult:
     levels = _check_inputs(levels, points, T_init)
     order = np.random.default_rng(0).permutation(len(points.labels))
     T = T_init
@@ -545,7 +595,8 @@ def _refine(levels, points, T_init, config, sampler_cls) -> RefineResult:
         level_points = _subset(points, order, int(np.ceil(config.points_per_pixel * H * W)))
         sampler = sampler if i == 0 else sampler_cls(lv)
         obj = _LevelObjective(lv, level_points, config.level_psi(i, len(levels)), sampler)
-        trace = run_lm(obj, T, config.lm_finest if i == len(levels) - 1 else config.lm)
+        trace = run_lm(obj if prior is None else _PriorObjective(obj, prior, T), T,
+                       config.lm_finest if i == len(levels) - 1 else config.lm)
         costs.append(trace.costs)
         iterations += trace.iterations
         T, lin, status = trace.T, trace.lin, trace.status
@@ -565,12 +616,13 @@ def _refine(levels, points, T_init, config, sampler_cls) -> RefineResult:
 
 
 def refine(levels: Sequence[LevelInput], points: LabeledPoints, T_cam_world_init: Pose,
-           config: RefineConfig = RefineConfig()) -> RefineResult:
-    """Refine T_cam_world by label consistency, coarse to fine over `levels` (coarsest first).
+           config: RefineConfig = RefineConfig(), prior: GaussianPrior | None = None) -> RefineResult:
+    """Refine T_cam_world by label consistency, coarse to fine over `levels` (coarsest first),
+    optionally pulled towards a Gaussian `prior` (MAP; see the module docstring).
 
     Per iteration O(N) whatever K (see the module docstring). Raises InputError on bad input.
     """
-    return _refine(levels, points, T_cam_world_init, config, _ReducedSampler)
+    return _refine(levels, points, T_cam_world_init, config, _ReducedSampler, prior)
 
 
 def refine_direct(levels: Sequence[LevelInput], points: LabeledPoints, T_cam_world_init: Pose,

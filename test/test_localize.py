@@ -123,3 +123,24 @@ def test_chance_consistency_from_label_frequencies():
     probs[1, 1, :] = 1.0          # half argmax 1
     labels = np.array([0, 0, 0, 2])  # 3/4 of the points labelled 0
     assert chance_consistency(probs, labels) == pytest.approx(0.5 * 0.75)
+
+
+def test_tracking_prior_weight_follows_its_std(world_and_map):
+    """Tracking refines with the propagated prior as a Gaussian term: 0 disables it (the maps'
+    answer), a tiny std pins the fix to the prediction (odometry wins)."""
+    ds, labeled_map = world_and_map
+    rec, levels = _query(ds, "winter", 5)
+    nxt, next_levels = _query(ds, "winter", 6)
+    off = Pose.from_rotvec([0, 0, 0], [0.0, 0.0, 0.3])   # odometry said 0.3 m too far forward
+    fixes = {}
+    for std in (0.0, 1e-4):
+        localizer = Localizer(labeled_map, LocalizerConfig(max_points=3000, tracking_prior_std_m=std,
+                                                           tracking_prior_std_per_m=0.0))
+        assert localizer.localize(levels, rec.T_cam_world, PriorSource.RETRIEVAL,
+                                  np.array([5])).accepted
+        predicted = off.inv() @ nxt.T_cam_world
+        fixes[std] = (predicted, localizer.localize(next_levels, predicted, PriorSource.TRACKING))
+    predicted, free = fixes[0.0]
+    assert pose_error(free.T_cam_world, nxt.T_cam_world)[0] < 0.1   # from 0.3 m off
+    predicted, pinned = fixes[1e-4]
+    assert pose_error(pinned.T_cam_world, predicted)[0] < 0.01

@@ -55,7 +55,10 @@ class RefinerNode(Node):
         self.localizer = Localizer(labeled_map, LocalizerConfig(
             min_consistency=self.p["min_consistency"], min_kappa=self.p["min_kappa"],
             max_position_std_m=self.p["max_position_std_m"],
-            max_points=self.p["max_points"], tracking=self.p["tracking"]))
+            max_points=self.p["max_points"], tracking=self.p["tracking"],
+            tracking_prior_std_m=self.p["tracking_prior_std_m"],
+            tracking_prior_std_per_m=self.p["tracking_prior_std_per_m"],
+            tracking_prior_std_deg=self.p["tracking_prior_std_deg"]))
         self.get_logger().info(f"map {path}: {len(labeled_map)} points, K={labeled_map.meta.K}")
         self.tf = create_tf_lookup(self)
         self.broadcaster = TransformBroadcaster(self)
