@@ -15,8 +15,9 @@ a bag replay and an image-folder evaluation run the same decisions:
   `max_position_std_m`. The kappa gate matters when a model uses few labels: a wrong pose
   then still agrees often by chance;
 - states: uninitialized -> localized (fix from a global prior) -> tracking (fix from a propagated
-  prior) -> lost (a rejected fix, or too long without one); lost and uninitialized need a global
-  prior again.
+  prior) -> lost (a rejected fix from a global prior, or more than `max_tracking_misses` rejected
+  tracking fixes in a row: until then tracking coasts on odometry); lost and uninitialized need a
+  global prior again.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class LocalizerConfig:
     tracking_prior_std_m: float = 0.03
     tracking_prior_std_per_m: float = 0.02
     tracking_prior_std_deg: float = 0.3
+    # rejected tracking fixes in a row before the track is lost; until then the next prior is still
+    # the last accepted pose moved by odometry (coasting), as one bad frame (glare, an occluding
+    # truck) should not cost a global relocalization
+    max_tracking_misses: int = 5
     refine: RefineConfig = field(default_factory=RefineConfig)
 
 
@@ -129,6 +134,7 @@ class Localizer:
         self.config = config
         self.state = State.UNINITIALIZED
         self.last: Fix | None = None
+        self.misses = 0  # rejected tracking fixes since the last accepted one
         # decoded once: the map stores quantized positions and quaternions
         self._xyz = labeled_map.xyz
         self._labels = labeled_map.labels.astype(np.int64)
@@ -148,6 +154,7 @@ class Localizer:
         """Forget the track (operator request or relocalization service)."""
         if self.state != State.UNINITIALIZED:
             self.state = State.LOST
+        self.misses = 0
 
     def points_near(self, T_cam_world: Pose) -> np.ndarray:
         """Point ids seen by the `near_images` database images nearest the camera, among those whose
@@ -225,6 +232,10 @@ class Localizer:
         accepted = result is not None and reason == ""
         if accepted:
             self.state = State.TRACKING if source == PriorSource.TRACKING else State.LOCALIZED
+            self.misses = 0
+        elif source == PriorSource.TRACKING and not self.needs_global_prior() \
+                and self.misses < self.config.max_tracking_misses:
+            self.misses += 1  # coast: the track survives a few bad frames
         elif self.state != State.UNINITIALIZED or source != PriorSource.RETRIEVAL:
             self.state = State.LOST
         fix = Fix(T_cam_world=result.T_cam_world if result is not None else prior,

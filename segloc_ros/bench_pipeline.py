@@ -37,9 +37,12 @@ def _bench_bag(width: int, height: int, rate_hz: float, frames: int) -> Path:
 
 def bench_pipeline(sizes=SIZES, rate_hz: float = 10.0, frames: int = 80,
                    map_path: Path | None = None, model: Path | None = None) -> dict:
+    from segloc_core.world import WorldConfig, render_world
     from segloc_ros.bag_eval import replay
+    from segloc_ros.demo import cached_map
 
-    map_path = map_path or paths.map_path("default")
+    # the default map, rebuilt when the model changed (its frames must come from the same model)
+    map_path = map_path or cached_map(render_world(WorldConfig(), paths.world_dir("default")), model)
     out = {"input_rate_hz": rate_hz, "frames": frames, "map": str(map_path)}
     for width, height in sizes:
         bag = _bench_bag(width, height, rate_hz, frames)

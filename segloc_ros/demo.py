@@ -22,7 +22,7 @@ from segloc_core import paths
 from segloc_core.evaluate import Report
 
 
-def _cached_map(world: Path, model: Path | None) -> Path:
+def cached_map(world: Path, model: Path | None) -> Path:
     """The default map, rebuilt only when the world, the model or the map-building code changed."""
     from segloc_core.infer import load_segmenter
     from segloc_core.maps import MapSource, build_map
@@ -69,7 +69,7 @@ def run_demo(condition: str = "autumn", max_frames: int | None = 150, rate: floa
     start = time.monotonic()
     print("[demo] rendering the default world (cached after the first run)")
     world = render_world(WorldConfig(), paths.world_dir("default"))
-    map_file = _cached_map(world, model)
+    map_file = cached_map(world, model)
     bag = _cached_bag(world, condition, max_frames)
     out = out_dir or paths.home() / "demo"
     print(f"[demo] replaying {bag.name} through the node graph at {rate}x")

@@ -14,7 +14,7 @@ from typing import Callable, Generic, TypeVar
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 from segloc_core.errors import SeglocError
@@ -170,7 +170,7 @@ def spin_node(factory: Callable[[], Node]) -> int:
     node = None
     try:
         node = factory()
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

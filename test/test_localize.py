@@ -68,14 +68,18 @@ def test_accepts_refined_fix_and_tracks(world_and_map):
 
 def test_rejects_inconsistent_fix_and_loses_track(world_and_map):
     ds, labeled_map = world_and_map
-    localizer = Localizer(labeled_map, LocalizerConfig(max_points=3000))
+    localizer = Localizer(labeled_map, LocalizerConfig(max_points=3000, max_tracking_misses=3))
     rec, levels = _query(ds, "winter", 5)
     fix = localizer.localize(levels, rec.T_cam_world, PriorSource.RETRIEVAL, np.array([5]))
     assert fix.accepted
     wrong = np.random.default_rng(1).integers(0, K, ds.ids(rec).shape)  # labels unrelated to the map
     bad = oracle_levels(wrong, K, rec.camera, LEVELS_160)
+    for miss in range(1, 4):  # coasting: the track survives max_tracking_misses bad frames
+        fix = localizer.localize(bad, rec.T_cam_world, PriorSource.TRACKING)
+        assert not fix.accepted and ("consistency" in fix.reason or "failed" in fix.reason)
+        assert localizer.misses == miss and not localizer.needs_global_prior()
     fix = localizer.localize(bad, rec.T_cam_world, PriorSource.TRACKING)
-    assert not fix.accepted and ("consistency" in fix.reason or "failed" in fix.reason)
+    assert not fix.accepted
     assert localizer.state == State.LOST and localizer.needs_global_prior()
     assert localizer.last is not None and localizer.last.accepted  # the last good fix is kept
 

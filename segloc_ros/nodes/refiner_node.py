@@ -58,7 +58,8 @@ class RefinerNode(Node):
             max_points=self.p["max_points"], tracking=self.p["tracking"],
             tracking_prior_std_m=self.p["tracking_prior_std_m"],
             tracking_prior_std_per_m=self.p["tracking_prior_std_per_m"],
-            tracking_prior_std_deg=self.p["tracking_prior_std_deg"]))
+            tracking_prior_std_deg=self.p["tracking_prior_std_deg"],
+            max_tracking_misses=self.p["max_tracking_misses"]))
         self.get_logger().info(f"map {path}: {len(labeled_map)} points, K={labeled_map.meta.K}")
         self.tf = create_tf_lookup(self)
         self.broadcaster = TransformBroadcaster(self)
