@@ -469,15 +469,17 @@ class _PriorObjective:
     the image term is divided by its noise sigma0^2 at the level's start pose, so H is the
     posterior information and the covariance is H^-1 (sigma2 reported as 1)."""
 
-    def __init__(self, inner: _LevelObjective, prior: GaussianPrior, T_start: Pose):
+    def __init__(self, inner: _LevelObjective, prior: GaussianPrior):
         self.inner = inner
         self.T_prior_inv = prior.T_mean.inv()
         self.info = np.linalg.inv(np.asarray(prior.covariance, dtype=np.float64))
-        sigma2 = inner.linearize(T_start).sigma2
-        self.scale = 1.0 / max(sigma2, 1e-6) if np.isfinite(sigma2) else 1.0
+        self.scale: float | None = None
 
     def linearize(self, T: Pose) -> Linearization:
         lin = self.inner.linearize(T)
+        if self.scale is None:  # run_lm linearizes at the level's start pose first
+            ok = np.isfinite(lin.sigma2) and lin.sigma2 > 0
+            self.scale = 1.0 / max(lin.sigma2, 1e-6) if ok else 1.0
         xi = (T @ self.T_prior_inv).log()  # first order: d xi / d (left update) = I
         prior_cost = 0.5 * float(xi @ self.info @ xi)
         return Linearization(lin.cost * self.scale + prior_cost, lin.point_costs * self.scale,
@@ -595,7 +597,7 @@ def _refine(levels, points, T_init, config, sampler_cls,
         level_points = _subset(points, order, int(np.ceil(config.points_per_pixel * H * W)))
         sampler = sampler if i == 0 else sampler_cls(lv)
         obj = _LevelObjective(lv, level_points, config.level_psi(i, len(levels)), sampler)
-        trace = run_lm(obj if prior is None else _PriorObjective(obj, prior, T), T,
+        trace = run_lm(obj if prior is None else _PriorObjective(obj, prior), T,
                        config.lm_finest if i == len(levels) - 1 else config.lm)
         costs.append(trace.costs)
         iterations += trace.iterations
