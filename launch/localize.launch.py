@@ -1,11 +1,12 @@
 """`ros2 launch segloc_ros localize.launch.py [name:=value ...]`: the segloc localization graph.
 
 The graph, its parameter files and its arguments come from `segloc_ros.graph`, which the
-project's own launcher (`segloc launch`, for pip-only installs) uses too: one description.
+project's own launcher (`segloc launch`, for pip-only installs) uses too: one description. The
+three nodes are lifecycle nodes; the graph's `lifecycle_manager` configures and activates them.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -18,11 +19,14 @@ def _nodes(context):
     graph = localize_graph(values)
     for path in graph.params_files:
         validate_params_file(path, graph.declared())
+    # as in the project's launcher, a node without respawn that exits stops the graph (the
+    # lifecycle manager exits when a node cannot configure, e.g. a missing map)
     return [
         Node(package=PACKAGE, executable=node.executable, name=node.name,
              namespace=graph.namespace, output="screen", respawn=node.respawn, respawn_delay=1.0,
              arguments=list(node.arguments),
-             parameters=[*map(str, graph.params_files), node.parameters])
+             parameters=[*map(str, graph.params_files), node.parameters],
+             on_exit=None if node.respawn else [Shutdown(reason=f"{node.name} exited")])
         for node in graph.nodes
     ]
 

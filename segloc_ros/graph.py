@@ -1,4 +1,5 @@
-"""The localization node graph, described once for `ros2 launch` and for the project's launcher.
+"""The localization node graph, described once for `ros2 launch` and for the project's launcher:
+the three lifecycle nodes and `segloc_ros.lifecycle_manager`, which drives their transitions.
 
 `launch/localize.launch.py` turns `localize_graph()` into launch_ros Node actions; `segloc launch`
 (for pip-only installs without launch_ros) turns the same description into processes. Both take the
@@ -138,4 +139,10 @@ def localize_graph(values: Mapping[str, str]) -> Graph:
         NodeSpec(name, name, f"segloc_ros.nodes.{name}", specs,
                  {**overrides[name], "use_sim_time": sim_time}, respawn)
         for name, specs in NODE_PARAMS.items())
-    return Graph(args["namespace"].strip("/"), tuple(files), nodes)
+    graph = Graph(args["namespace"].strip("/"), tuple(files), nodes)
+    # the lifecycle nodes wait for configure/activate: the manager brings them (and respawned
+    # ones) up; it exits when a node cannot configure, which stops the graph (no respawn)
+    manager = NodeSpec("lifecycle_manager", "lifecycle_manager", "segloc_ros.lifecycle_manager",
+                       (), {"use_sim_time": sim_time}, respawn=False,
+                       arguments=tuple(graph.fqn(node) for node in nodes))
+    return Graph(graph.namespace, graph.params_files, (*nodes, manager))

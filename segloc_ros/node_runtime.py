@@ -1,6 +1,13 @@
-"""What every segloc node does around its own logic: ROS start-up and shutdown, a worker thread
-behind a latest-wins slot (so a slow stage drops old frames instead of queueing them without
-bound), frame statistics, and /diagnostics."""
+"""What every segloc node does around its own logic: the ROS 2 lifecycle, start-up and shutdown,
+a worker thread behind a latest-wins slot (so a slow stage drops old frames instead of queueing
+them without bound), frame statistics, and /diagnostics.
+
+Lifecycle (`ManagedNode`): constructing a node only declares its parameters; `configure` loads
+the heavy parts (model, map) and creates publishers, and fails with the reason logged (a missing
+map leaves the node unconfigured and running, instead of a crash loop); `activate` subscribes, so
+no frame is processed before; `deactivate` unsubscribes; `cleanup` releases the model and map.
+`segloc_ros.lifecycle_manager` drives the transitions for both launchers.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +22,11 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 
 from segloc_core.errors import SeglocError
+from segloc_ros.params import NODE_PARAMS, declare
 
 T = TypeVar("T")
 
@@ -108,18 +117,6 @@ class FrameStats:
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
 
-def start_diagnostics(node: Node, stats: FrameStats, worker: FrameWorker | None,
-                      extra: Callable[[], dict[str, str]] | None = None, period_s: float = 1.0):
-    """Publish `stats` on /diagnostics once per `period_s`."""
-    pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
-
-    def tick() -> None:
-        status = stats.status(worker.dropped if worker else 0, extra() if extra else None)
-        pub.publish(DiagnosticArray(header=_header(node), status=[status]))
-
-    return node.create_timer(period_s, tick)
-
-
 def _header(node: Node):
     from std_msgs.msg import Header
 
@@ -163,9 +160,99 @@ class FrameWorker(Generic[T]):
         self._thread.join(timeout=5.0)
 
 
+class ManagedNode(LifecycleNode):
+    """Lifecycle plumbing shared by the segloc nodes (see the module docstring). A node implements
+    `setup` (load, create publishers with `publisher`; raise SeglocError to fail configure),
+    `connect` (create and return its subscriptions, timers and services), `process` (one frame,
+    on the worker thread) and optionally `release` and `diagnostics_extra`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.p = declare(self, NODE_PARAMS[name])
+        self.stats = FrameStats(f"segloc: {name}")
+        self.worker: FrameWorker | None = None
+        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._publishers_made: list = []
+        self._connected: list = []
+
+    # -- what a node implements --------------------------------------------------------------
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def connect(self) -> list:
+        raise NotImplementedError
+
+    def process(self, item) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Drop what `setup` loaded (publishers are destroyed by the base class)."""
+
+    def diagnostics_extra(self) -> dict[str, str]:
+        return {}
+
+    def publisher(self, msg_type, topic: str, qos):
+        """A lifecycle publisher (silent unless active), destroyed again on cleanup."""
+        pub = self.create_lifecycle_publisher(msg_type, topic, qos)
+        self._publishers_made.append(pub)
+        return pub
+
+    # -- transitions ---------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.setup()
+        except SeglocError as exc:
+            self.get_logger().error(f"cannot configure: {exc}")
+            self._release_all()
+            return TransitionCallbackReturn.FAILURE
+        self.worker = FrameWorker(self, self.process)
+        self.get_logger().info("configured")
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._connected = [*self.connect(), self.create_timer(1.0, self._publish_diagnostics)]
+        result = super().on_activate(state)
+        self.get_logger().info("active")
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._disconnect()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_all()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._disconnect()
+        self._release_all()
+        return super().on_shutdown(state)
+
+    def _disconnect(self) -> None:
+        for entity in self._connected:
+            for destroy in (self.destroy_subscription, self.destroy_timer, self.destroy_service):
+                if destroy(entity):
+                    break
+        self._connected = []
+
+    def _release_all(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+        for pub in self._publishers_made:
+            self.destroy_lifecycle_publisher(pub)
+        self._publishers_made = []
+        self.release()
+
+    def _publish_diagnostics(self) -> None:
+        status = self.stats.status(self.worker.dropped if self.worker else 0,
+                                   self.diagnostics_extra())
+        self._diagnostics.publish(DiagnosticArray(header=_header(self), status=[status]))
+
+
 def spin_node(factory: Callable[[], Node]) -> int:
     """rclpy init, build the node, spin until SIGINT/SIGTERM, stop its `worker` (if any);
-    exit code 0, or 4 when the node cannot start (missing map or model: the log says why)."""
+    exit code 0, or 4 when the node cannot start (bad parameters: the log says why)."""
     rclpy.init(args=sys.argv)
     node = None
     try:

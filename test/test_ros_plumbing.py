@@ -158,8 +158,12 @@ def test_shipped_params_match_declared_parameters():
     graph = localize_graph({})
     for path in graph.params_files:
         validate_params_file(path, graph.declared())
-    assert {n.name for n in graph.nodes} == {"segmentation_node", "retrieval_node", "refiner_node"}
+    assert {n.name for n in graph.nodes} == {"segmentation_node", "retrieval_node", "refiner_node",
+                                             "lifecycle_manager"}
     graph = localize_graph({"map": "/x.segmap", "tracking": "false", "namespace": "robot1"})
+    manager = next(n for n in graph.nodes if n.name == "lifecycle_manager")
+    assert not manager.respawn and manager.arguments == (
+        "/robot1/segmentation_node", "/robot1/retrieval_node", "/robot1/refiner_node")
     refiner = next(n for n in graph.nodes if n.name == "refiner_node")
     assert refiner.parameters["map_path"] == "/x.segmap" and refiner.parameters["tracking"] is False
     assert graph.fqn(refiner) == "/robot1/refiner_node"

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from rclpy.node import Node
 from segloc_msgs.msg import LocalizationStatus, PosePrior, Segmentation
 
 from segloc_core.errors import InputError
@@ -30,8 +29,7 @@ from segloc_core.localize import Fix, Localizer, LocalizerConfig, PriorSource, S
 from segloc_core.map_format import load_map
 from segloc_core.paths import map_path
 from segloc_ros.image_conversion import camera_info_to_camera
-from segloc_ros.node_runtime import FrameStats, FrameWorker, spin_node, start_diagnostics
-from segloc_ros.params import NODE_PARAMS, declare
+from segloc_ros.node_runtime import ManagedNode, spin_node
 from segloc_ros.pose_msgs import change_body_covariance, msg_to_pose, to_pose_with_covariance
 from segloc_ros.segmentation_msg import unpack_levels
 from segloc_ros.tf import (TransformBroadcaster, TransformUnavailable, create_tf_lookup,
@@ -43,10 +41,16 @@ _STATE_MSG = {State.UNINITIALIZED: LocalizationStatus.STATE_UNINITIALIZED,
               State.TRACKING: LocalizationStatus.STATE_TRACKING, State.LOST: LocalizationStatus.STATE_LOST}
 
 
-class RefinerNode(Node):
+class RefinerNode(ManagedNode):
     def __init__(self) -> None:
         super().__init__("refiner_node")
-        self.p = declare(self, NODE_PARAMS["refiner_node"])
+        self.localizer = None
+        # TF in and out lives as long as the node: the buffer fills while the node is inactive
+        self.tf = create_tf_lookup(self)
+        self.broadcaster = TransformBroadcaster(self)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def setup(self) -> None:
         path = Path(self.p["map_path"]) if self.p["map_path"] else map_path()
         labeled_map = load_map(path)
         if labeled_map.meta.frame_id != self.p["map_frame"]:
@@ -61,10 +65,6 @@ class RefinerNode(Node):
             tracking_prior_std_deg=self.p["tracking_prior_std_deg"],
             max_tracking_misses=self.p["max_tracking_misses"]))
         self.get_logger().info(f"map {path}: {len(labeled_map)} points, K={labeled_map.meta.K}")
-        self.tf = create_tf_lookup(self)
-        self.broadcaster = TransformBroadcaster(self)
-        self.worker = FrameWorker(self, self.process)
-        self.stats = FrameStats("segloc: refiner_node")
         self._lock = threading.Lock()
         self._priors: OrderedDict[int, PosePrior] = OrderedDict()    # by image stamp
         self._waiting: OrderedDict[int, Segmentation] = OrderedDict()  # segmentations without prior
@@ -72,15 +72,23 @@ class RefinerNode(Node):
         self._last_odom_cam: Pose | None = None   # T_odom_cam at the last accepted fix
         self._T_map_odom: Pose | None = None
         self._last_stamp_ns = -1
-        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "pose", 10)
-        self.pub_status = self.create_publisher(LocalizationStatus, "status", 10)
-        self.create_subscription(Segmentation, "segmentation", self.on_segmentation, 2)
-        self.create_subscription(PosePrior, "prior", self.on_prior, 20)
-        self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self.on_initialpose, 1)
-        self.create_timer(0.05, self.republish_map_odom)
-        start_diagnostics(self, self.stats, self.worker, lambda: {
-            "state": self.localizer.state.name.lower(),
-            "waiting for prior": str(len(self._waiting))})
+        self.pub_pose = self.publisher(PoseWithCovarianceStamped, "pose", 10)
+        self.pub_status = self.publisher(LocalizationStatus, "status", 10)
+
+    def connect(self) -> list:
+        return [self.create_subscription(Segmentation, "segmentation", self.on_segmentation, 2),
+                self.create_subscription(PosePrior, "prior", self.on_prior, 20),
+                self.create_subscription(PoseWithCovarianceStamped, "/initialpose",
+                                         self.on_initialpose, 1),
+                self.create_timer(0.05, self.republish_map_odom)]
+
+    def release(self) -> None:
+        self.localizer = None
+        self._T_map_odom = None
+
+    def diagnostics_extra(self) -> dict[str, str]:
+        return {"state": self.localizer.state.name.lower() if self.localizer else "unconfigured",
+                "waiting for prior": str(len(self._waiting))}
 
     # -- pairing (executor thread) ----------------------------------------------------------------
     def _skip(self, reason: str, stamp_ns: int | None = None) -> None:

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rclpy.node import Node
 from segloc_msgs.msg import GlobalDescriptor, LocalizationStatus, PosePrior
 from segloc_msgs.srv import Relocalize
 
@@ -23,17 +22,19 @@ from segloc_core.errors import InputError
 from segloc_core.map_format import load_map
 from segloc_core.paths import map_path
 from segloc_core.retrieval import RetrievalConfig, Retriever, prior_pose
-from segloc_ros.node_runtime import FrameStats, FrameWorker, spin_node, start_diagnostics
-from segloc_ros.params import NODE_PARAMS, declare
+from segloc_ros.node_runtime import ManagedNode, spin_node
 from segloc_ros.pose_msgs import to_pose_with_covariance
 
 STATUS_TIMEOUT_S = 1.0
 
 
-class RetrievalNode(Node):
+class RetrievalNode(ManagedNode):
     def __init__(self) -> None:
         super().__init__("retrieval_node")
-        self.p = declare(self, NODE_PARAMS["retrieval_node"])
+        self.map = self.retriever = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def setup(self) -> None:
         path = Path(self.p["map_path"]) if self.p["map_path"] else map_path()
         self.map = load_map(path)
         self.retriever = Retriever(self.map, RetrievalConfig(top_k=self.p["top_k"],
@@ -44,15 +45,20 @@ class RetrievalNode(Node):
         self.status_at = 0.0
         self.force = False
         self.skipped_tracking = 0
-        self.worker = FrameWorker(self, self.process)
-        self.stats = FrameStats("segloc: retrieval_node")
-        self.pub = self.create_publisher(PosePrior, "prior", 10)
-        self.create_subscription(GlobalDescriptor, "descriptor", self.on_descriptor, 10)
-        self.create_subscription(LocalizationStatus, "status", self.on_status, 10)
-        self.create_service(Relocalize, "relocalize", self.on_relocalize)
-        start_diagnostics(self, self.stats, self.worker,
-                          lambda: {"skipped while tracking": str(self.skipped_tracking)})
+        self.pub = self.publisher(PosePrior, "prior", 10)
 
+    def connect(self) -> list:
+        return [self.create_subscription(GlobalDescriptor, "descriptor", self.on_descriptor, 10),
+                self.create_subscription(LocalizationStatus, "status", self.on_status, 10),
+                self.create_service(Relocalize, "relocalize", self.on_relocalize)]
+
+    def release(self) -> None:
+        self.map = self.retriever = None
+
+    def diagnostics_extra(self) -> dict[str, str]:
+        return {"skipped while tracking": str(self.skipped_tracking)}
+
+    # -- retrieval -----------------------------------------------------------------------------------
     def on_status(self, msg: LocalizationStatus) -> None:
         self.tracking = msg.state == LocalizationStatus.STATE_TRACKING
         self.status_at = time.monotonic()

@@ -13,7 +13,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from segloc_msgs.msg import GlobalDescriptor, Segmentation
 from sensor_msgs.msg import CameraInfo, Image
@@ -21,13 +20,11 @@ from sensor_msgs.msg import CameraInfo, Image
 from segloc_core.errors import InputError
 from segloc_core.infer import load_segmenter
 from segloc_ros.image_conversion import camera_info_to_camera, image_to_rgb8
-from segloc_ros.node_runtime import FrameStats, FrameWorker, spin_node, start_diagnostics
-from segloc_ros.params import NODE_PARAMS, declare
+from segloc_ros.node_runtime import ManagedNode, spin_node
 from segloc_ros.segmentation_msg import pack_segmentation
 from segloc_ros.tf import stamp_to_ns
 
 PAIRING_TIMEOUT_S = 0.5  # how long an image may wait for its CameraInfo
-
 
 
 @dataclass(frozen=True)
@@ -37,10 +34,13 @@ class _Frame:
     received_ns: int
 
 
-class SegmentationNode(Node):
+class SegmentationNode(ManagedNode):
     def __init__(self) -> None:
         super().__init__("segmentation_node")
-        self.p = declare(self, NODE_PARAMS["segmentation_node"])
+        self.segmenter = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def setup(self) -> None:
         self.segmenter = load_segmenter(self.p["model_path"] or None, backend=self.p["backend"],
                                         threads=self.p["threads"])
         self.get_logger().info(f"model {self.segmenter.model_hash} (K={self.segmenter.K}) on "
@@ -48,14 +48,17 @@ class SegmentationNode(Node):
         self._infos: deque[CameraInfo] = deque(maxlen=30)
         self._pending: dict[int, Image] = {}   # images waiting for their CameraInfo, by stamp
         self._last_stamp_ns = -1
-        self.worker = FrameWorker(self, self.process)
-        self.stats = FrameStats("segloc: segmentation_node")
-        self.pub_seg = self.create_publisher(Segmentation, "segmentation", 2)
-        self.pub_desc = self.create_publisher(GlobalDescriptor, "descriptor", 10)
-        self.create_subscription(Image, self.p["image_topic"], self.on_image, qos_profile_sensor_data)
-        self.create_subscription(CameraInfo, self.p["camera_info_topic"], self.on_info,
-                                 qos_profile_sensor_data)
-        start_diagnostics(self, self.stats, self.worker)
+        self.pub_seg = self.publisher(Segmentation, "segmentation", 2)
+        self.pub_desc = self.publisher(GlobalDescriptor, "descriptor", 10)
+
+    def connect(self) -> list:
+        return [self.create_subscription(Image, self.p["image_topic"], self.on_image,
+                                         qos_profile_sensor_data),
+                self.create_subscription(CameraInfo, self.p["camera_info_topic"], self.on_info,
+                                         qos_profile_sensor_data)]
+
+    def release(self) -> None:
+        self.segmenter = None
 
     # -- pairing (executor thread) ----------------------------------------------------------------
     def _skip(self, reason: str) -> None:
@@ -123,6 +126,7 @@ class SegmentationNode(Node):
         self.pub_desc.publish(desc)
         self.pub_seg.publish(seg)
         self.stats.done((time.monotonic_ns() - frame.received_ns) * 1e-6)
+
 
 def main() -> int:
     return spin_node(SegmentationNode)

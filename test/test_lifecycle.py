@@ -1,0 +1,104 @@
+"""The nodes' ROS 2 lifecycle, driven by segloc_ros.lifecycle_manager over real services: a node
+subscribes only once active, stays deactivated when an operator deactivates it, is brought up again
+after a restart, and a configure that cannot load its map fails with the reason logged while the
+node keeps running."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import rclpy
+from lifecycle_msgs.msg import State, Transition
+from rclpy.node import Node
+
+from segloc_ros.graph import ros_environment
+from segloc_ros.lifecycle_manager import LifecycleManager
+
+
+def _start(tmp_path: Path, map_path: Path, namespace: str, tag: str):
+    log = open(tmp_path / f"{namespace}_{tag}.log", "w")
+    cmd = [sys.executable, "-m", "segloc_ros.nodes.retrieval_node", "--ros-args",
+           "-r", "__node:=retrieval_node", "-r", f"__ns:=/{namespace}", "-p", f"map_path:={map_path}"]
+    return subprocess.Popen(cmd, env=ros_environment(), stdout=log, stderr=subprocess.STDOUT), log
+
+
+def _stop(process) -> int:
+    process.send_signal(signal.SIGINT)
+    return process.wait(20)
+
+
+def _until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture()
+def client_node():
+    context = rclpy.Context()
+    context.init()
+    node = Node("lifecycle_test", context=context)
+    yield node
+    node.destroy_node()
+    context.try_shutdown()
+
+
+def test_manager_activates_respects_deactivation_and_revives_restarts(graph_assets, tmp_path,
+                                                                       client_node):
+    name = "/lc_a/retrieval_node"
+    manager = LifecycleManager(client_node, [name])
+    process, log = _start(tmp_path, graph_assets["map"], "lc_a", "first")
+    try:
+        _until(lambda: manager.state(name) == State.PRIMARY_STATE_UNCONFIGURED, 60, "the node")
+        assert client_node.count_subscribers("/lc_a/descriptor") == 0  # nothing before active
+        assert manager.step()
+        assert manager.state(name) == State.PRIMARY_STATE_ACTIVE
+        _until(lambda: client_node.count_subscribers("/lc_a/descriptor") == 1, 10, "subscription")
+
+        # an operator deactivates it (ros2 lifecycle set ... deactivate): it stays inactive
+        assert manager.transition(name, Transition.TRANSITION_DEACTIVATE, "deactivate", 10)
+        _until(lambda: client_node.count_subscribers("/lc_a/descriptor") == 0, 10, "unsubscribe")
+        assert manager.step() and manager.state(name) == State.PRIMARY_STATE_INACTIVE
+
+        # the node dies and comes back (respawn): the manager brings it up again
+        process.kill()
+        process.wait(10)
+        _until(lambda: manager.state(name) is None, 20, "the node to disappear")
+        process, log = _start(tmp_path, graph_assets["map"], "lc_a", "second")
+        _until(lambda: manager.state(name) == State.PRIMARY_STATE_UNCONFIGURED, 60, "the restart")
+        assert manager.step() and manager.state(name) == State.PRIMARY_STATE_ACTIVE
+    finally:
+        assert _stop(process) == 0
+        log.close()
+
+
+def test_configure_without_map_fails_and_the_node_keeps_running(tmp_path, client_node):
+    name = "/lc_b/retrieval_node"
+    manager = LifecycleManager(client_node, [name])
+    missing = tmp_path / "no_such.segmap"
+    process, log = _start(tmp_path, missing, "lc_b", "first")
+    try:
+        _until(lambda: manager.state(name) == State.PRIMARY_STATE_UNCONFIGURED, 60, "the node")
+        assert not manager.step()  # configure failed: the manager would stop the graph
+        assert process.poll() is None
+        assert manager.state(name) == State.PRIMARY_STATE_UNCONFIGURED
+    finally:
+        assert _stop(process) == 0
+        log.close()
+    text = (tmp_path / "lc_b_first.log").read_text()
+    assert "cannot configure" in text and str(missing) in text
+
+
+def test_launcher_stops_the_graph_when_a_node_cannot_configure(tmp_path):
+    missing = tmp_path / "missing.segmap"
+    out = subprocess.run([sys.executable, "-m", "segloc_ros.cli", "launch", f"map:={missing}",
+                          "namespace:=lc_c"], env=ros_environment(), capture_output=True, text=True,
+                         timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text[-3000:]
+    assert "cannot configure" in text and str(missing) in text, text[-3000:]
+    assert "lifecycle_manager exited with code 4" in text, text[-3000:]
