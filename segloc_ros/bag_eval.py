@@ -134,7 +134,8 @@ def _node_rss_kb(launcher_pid: int) -> dict[str, int]:
     for pid in children:
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            name = next((c.decode().rsplit(".", 1)[-1] for c in cmd if b"segloc_ros.nodes." in c), pid)
+            name = next((c.decode().rsplit(".", 1)[-1] for c in cmd
+                         if c.startswith(b"segloc_ros.")), pid)  # module: the node's name
             rss = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                        if line.startswith("VmRSS"))
             out[str(name)] = int(rss.split()[1])
