@@ -8,7 +8,7 @@ The loop owns damping, step acceptance and stopping, so variants cannot drift ap
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 from scipy.linalg.lapack import dposv
@@ -41,7 +41,7 @@ class Linearization:
 
 
 class Objective(Protocol):
-    def linearize(self, T: Pose) -> Linearization: ...
+    def linearize_many(self, Ts: Sequence[Pose]) -> list[Linearization]: ...
 
 
 @dataclass(frozen=True)
@@ -95,36 +95,63 @@ def _damped_step(lin: Linearization, lam: float, cfg: LMConfig) -> np.ndarray | 
 
 def run_lm(objective: Objective, T_init: Pose, cfg: LMConfig) -> LMTrace:
     """Minimize objective.linearize(T).cost over T <- exp(xi) @ T, accepting only cost decreases."""
+    return run_lm_many(objective, [T_init], cfg)[0]
+
+
+@dataclass
+class _Run:
+    T: Pose
+    lin: Linearization
+    costs: list
+    lam: float
+    iterations: int = 0
+    status: str | None = None
+
+
+def run_lm_many(objective: Objective, T_inits: Sequence[Pose], cfg: LMConfig) -> list[LMTrace]:
+    """`run_lm` from several starts in lockstep: each keeps its own damping and stops on its own,
+    while every iteration linearizes all running starts in one `linearize_many` call."""
     if cfg.damping not in ("marquardt", "levenberg"):
         raise ValueError(f"damping must be 'marquardt' or 'levenberg', got {cfg.damping!r}")
-    T, lin = T_init, objective.linearize(T_init)
-    costs = [lin.cost]
-    lam = cfg.lambda_init
-    it = 0
+    runs = [_Run(T, lin, [lin.cost], cfg.lambda_init)
+            for T, lin in zip(T_inits, objective.linearize_many(T_inits))]
     for it in range(1, cfg.max_iterations + 1):
-        if lin.num_valid < cfg.min_points:
-            return LMTrace(T, np.array(costs), lin, it - 1, "too_few_points")
-        step = _damped_step(lin, lam, cfg)
-        if step is None:  # singular system: nothing constrains the pose at this damping
-            lam *= cfg.lambda_up
-            if lam > cfg.lambda_max:
-                return LMTrace(T, np.array(costs), lin, it, "converged")
+        trials = []  # (run, step, T_new)
+        for run in runs:
+            if run.status is not None:
+                continue
+            run.iterations = it
+            if run.lin.num_valid < cfg.min_points:
+                run.status, run.iterations = "too_few_points", it - 1
+                continue
+            step = _damped_step(run.lin, run.lam, cfg)
+            if step is None:  # singular system: nothing constrains the pose at this damping
+                run.lam *= cfg.lambda_up
+                if run.lam > cfg.lambda_max:
+                    run.status = "converged"
+                continue
+            trials.append((run, step, Pose.exp(step) @ run.T))
+        if not trials:
+            if all(run.status is not None for run in runs):
+                break
             continue
-        T_new = Pose.exp(step) @ T
-        lin_new = objective.linearize(T_new)
-        both = np.isfinite(lin.point_costs) & np.isfinite(lin_new.point_costs)
-        before = float(lin.point_costs[both].sum()) + lin.extra_cost
-        after = float(lin_new.point_costs[both].sum()) + lin_new.extra_cost
-        small = float(step @ lin.metric @ step) < cfg.step_tol**2
-        if after < before and lin_new.num_valid >= cfg.min_points:
-            T, lin = T_new, lin_new
-            costs.append(lin.cost)
-            lam = max(lam * cfg.lambda_down, cfg.lambda_min)
-            if small or (before - after) < cfg.cost_rtol * before:
-                return LMTrace(T, np.array(costs), lin, it, "converged")
-        else:
-            lam *= cfg.lambda_up
-            # a tiny step that does not help, or no damped step that helps: a local minimum
-            if small or lam > cfg.lambda_max:
-                return LMTrace(T, np.array(costs), lin, it, "converged")
-    return LMTrace(T, np.array(costs), lin, it, "max_iterations")
+        for (run, step, T_new), lin_new in zip(trials, objective.linearize_many(
+                [T for _, _, T in trials])):
+            lin = run.lin
+            both = np.isfinite(lin.point_costs) & np.isfinite(lin_new.point_costs)
+            before = float(lin.point_costs[both].sum()) + lin.extra_cost
+            after = float(lin_new.point_costs[both].sum()) + lin_new.extra_cost
+            small = float(step @ lin.metric @ step) < cfg.step_tol**2
+            if after < before and lin_new.num_valid >= cfg.min_points:
+                run.T, run.lin = T_new, lin_new
+                run.costs.append(lin_new.cost)
+                run.lam = max(run.lam * cfg.lambda_down, cfg.lambda_min)
+                if small or (before - after) < cfg.cost_rtol * before:
+                    run.status = "converged"
+            else:
+                run.lam *= cfg.lambda_up
+                # a tiny step that does not help, or no damped step that helps: a local minimum
+                if small or run.lam > cfg.lambda_max:
+                    run.status = "converged"
+    return [LMTrace(run.T, np.array(run.costs), run.lin, run.iterations,
+                    run.status or "max_iterations") for run in runs]

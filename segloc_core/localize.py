@@ -36,7 +36,7 @@ from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
 from segloc_core.map_format import LabeledMap
 from segloc_core.refine import (GaussianPrior, LabeledPoints, LevelInput, RefineConfig,
-                                RefineResult, refine)
+                                RefineResult, refine_many)
 
 if TYPE_CHECKING:
     from segloc_core.query_sets import QueryImage
@@ -217,7 +217,7 @@ class Localizer:
                 refine_config, search_radius_m=min(refine_config.search_radius_m, 2 * std_m))
             skip = min(self.config.tracking_skip_levels, len(levels) - 1)
             levels = levels[skip:]
-        results = [refine(levels, points, T, refine_config, prior) for T in starts]
+        results = refine_many(levels, points, starts, refine_config, prior)
         best = max(range(len(results)), key=lambda j: (results[j].converged,
                                                        results[j].consistency))
         chance = chance_consistency(levels[-2 if len(levels) > 1 else -1].probs, points.labels)

@@ -43,11 +43,12 @@ import numpy as np
 
 from segloc_core.errors import InputError
 from segloc_core.geometry import Camera, Pose
-from segloc_core.lm import Linearization, LMConfig, run_lm
+from segloc_core.lm import Linearization, LMConfig, run_lm_many
 from segloc_core.reductions import REDUCTION_NAMES, dequantize, level_reductions
 
 __all__ = ["REDUCTION_NAMES", "level_reductions", "LevelInput", "LabeledPoints", "RefineConfig",
-           "RefineResult", "GaussianPrior", "refine", "refine_direct", "configure_bench"]
+           "RefineResult", "GaussianPrior", "refine", "refine_many", "refine_direct",
+           "configure_bench"]
 
 _I_SUM_SQ, _I_MAX, _I_RIGHT, _I_DOWN, _I_DOWN_RIGHT, _I_DOWN_LEFT = (
     REDUCTION_NAMES.index(n) for n in
@@ -362,7 +363,10 @@ class _LevelObjective:
     def cells(self, T: Pose, with_jacobian: bool):
         """Project all points; return indices of the valid ones, their cells and, if asked,
         d uv / d xi (6, 2, n) float32 of the valid ones (`_jacobian`)."""
-        P = T.R @ self.xyz_t + T.t[:, None]
+        return self._cells_at(T.R @ self.xyz_t + T.t[:, None], with_jacobian)
+
+    def _cells_at(self, P: np.ndarray, with_jacobian: bool):
+        """`cells` for camera-frame points P (3, m) (m = N, or N per pose for several poses)."""
         uv, front, _ = self.camera.project_columns(P, with_jacobian=False)
         x, y = uv[0] - 0.5, uv[1] - 0.5  # continuous pixel-centre indices
         with np.errstate(invalid="ignore"):
@@ -418,38 +422,55 @@ class _LevelObjective:
         return J
 
     def linearize(self, T: Pose) -> Linearization:
-        ok, cell, J = self.cells(T, with_jacobian=True)
-        n = len(ok)
-        c, e_u, e_v, (guu, guv, gvv) = self.sampler.sample(cell, self.labels[ok])
-        point_costs = np.full(len(self.labels), np.nan)
-        point_costs[ok] = _cauchy(c, self.psi)
+        return self.linearize_many([T])[0]
+
+    def linearize_many(self, Ts: Sequence[Pose]) -> list[Linearization]:
+        """Linearizations at several poses in one vectorized pass (a relocalizer refines several
+        starts in lockstep: per-call overhead, not arithmetic, dominates small levels)."""
+        N = len(self.labels)
+        R = np.stack([T.R for T in Ts])
+        t = np.stack([T.t for T in Ts])
+        P = (R @ self.xyz_t + t[:, :, None]).transpose(1, 0, 2).reshape(3, len(Ts) * N)
+        ok, cell, J = self._cells_at(P, with_jacobian=True)
+        point = ok % N  # which map point each valid projection is
+        c, e_u, e_v, (guu, guv, gvv) = self.sampler.sample(cell, self.labels[point])
+        costs = _cauchy(c, self.psi)
         omega = 1.0 / (1.0 + c * np.float32(1.0 / (self.psi * self.psi)))  # 2 rho'(c): IRLS weight
         if self.weights is not None:
-            point_costs[ok] *= self.weights[ok]
-            omega *= self.weights[ok]
+            costs *= self.weights[point]
+            omega *= self.weights[point]
         # B = (omega G) J per point: Hm = sum over axes and points of J B^T, one matrix product
+        n = len(ok)
+        B = np.empty((6, 2, n), np.float32)
         wG = np.empty((3, n), np.float32)
         np.multiply(omega, guu, out=wG[0])
         np.multiply(omega, guv, out=wG[1])
         np.multiply(omega, gvv, out=wG[2])
-        B = np.empty((6, 2, n), np.float32)
         np.multiply(J[:, 0], wG[0], out=B[:, 0])
         B[:, 0] += J[:, 1] * wG[1]
         np.multiply(J[:, 0], wG[1], out=B[:, 1])
         B[:, 1] += J[:, 1] * wG[2]
-        Jf = J.reshape(6, 2 * n)
-        Hm = (Jf @ B.reshape(6, 2 * n).T).astype(np.float64)
-        Hm = 0.5 * (Hm + Hm.T)  # exactly symmetric despite float32 rounding
         we = np.empty((2, n), np.float32)
         np.multiply(omega, e_u, out=we[0])
         np.multiply(omega, e_v, out=we[1])
-        g = Jf @ we.reshape(2 * n)
-        # mean squared displacement (px^2); the product with a copy avoids numpy's syrk path (A @ A.T),
-        # which OpenBLAS runs ~4x slower than gemm for this shape
-        metric = (Jf @ Jf.copy().T).astype(np.float64) / max(n, 1)
-        sigma2 = float(omega @ c) / max(n - 6, 1)
-        return Linearization(float(point_costs[ok].sum()), point_costs, Hm, g.astype(np.float64), n,
-                             sigma2, metric)
+        bounds = np.searchsorted(ok, np.arange(len(Ts) + 1) * N)
+        out = []
+        for k in range(len(Ts)):
+            a, b = bounds[k], bounds[k + 1]
+            m = b - a
+            Jf = J[:, :, a:b].reshape(6, 2 * m)
+            Hm = (Jf @ B[:, :, a:b].reshape(6, 2 * m).T).astype(np.float64)
+            Hm = 0.5 * (Hm + Hm.T)  # exactly symmetric despite float32 rounding
+            g = Jf @ we[:, a:b].reshape(2 * m)
+            # mean squared displacement (px^2); the product with a copy avoids numpy's syrk path
+            # (A @ A.T), which OpenBLAS runs ~4x slower than gemm for this shape
+            metric = (Jf @ Jf.copy().T).astype(np.float64) / max(m, 1)
+            point_costs = np.full(N, np.nan)
+            point_costs[point[a:b]] = costs[a:b]
+            sigma2 = float(omega[a:b] @ c[a:b]) / max(m - 6, 1)
+            out.append(Linearization(float(costs[a:b].sum()), point_costs, Hm,
+                                     g.astype(np.float64), m, sigma2, metric))
+        return out
 
     def consistency(self, T: Pose, reductions: np.ndarray, probs: np.ndarray) -> tuple[int, float]:
         """(visible points, share whose label is the argmax at their nearest pixel)."""
@@ -475,16 +496,21 @@ class _PriorObjective:
         self.info = np.linalg.inv(np.asarray(prior.covariance, dtype=np.float64))
         self.scale: float | None = None
 
-    def linearize(self, T: Pose) -> Linearization:
-        lin = self.inner.linearize(T)
-        if self.scale is None:  # run_lm linearizes at the level's start pose first
-            ok = np.isfinite(lin.sigma2) and lin.sigma2 > 0
-            self.scale = 1.0 / max(lin.sigma2, 1e-6) if ok else 1.0
-        xi = (T @ self.T_prior_inv).log()  # first order: d xi / d (left update) = I
-        prior_cost = 0.5 * float(xi @ self.info @ xi)
-        return Linearization(lin.cost * self.scale + prior_cost, lin.point_costs * self.scale,
-                             lin.H * self.scale + self.info, lin.g * self.scale + self.info @ xi,
-                             lin.num_valid, 1.0, lin.metric, prior_cost)
+    def linearize_many(self, Ts: Sequence[Pose]) -> list[Linearization]:
+        lins = self.inner.linearize_many(Ts)
+        if self.scale is None:  # run_lm linearizes at the level's start pose(s) first
+            sigma2 = lins[0].sigma2
+            ok = np.isfinite(sigma2) and sigma2 > 0
+            self.scale = 1.0 / max(sigma2, 1e-6) if ok else 1.0
+        out = []
+        for T, lin in zip(Ts, lins):
+            xi = (T @ self.T_prior_inv).log()  # first order: d xi / d (left update) = I
+            prior_cost = 0.5 * float(xi @ self.info @ xi)
+            out.append(Linearization(
+                lin.cost * self.scale + prior_cost, lin.point_costs * self.scale,
+                lin.H * self.scale + self.info, lin.g * self.scale + self.info @ xi,
+                lin.num_valid, 1.0, lin.metric, prior_cost))
+        return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -580,41 +606,64 @@ def _subset(points: LabeledPoints, order: np.ndarray, num: int) -> LabeledPoints
     return LabeledPoints(np.asarray(points.xyz)[keep], np.asarray(points.labels)[keep], w)
 
 
-def _refine(levels, points, T_init, config, sampler_cls,
-            prior: GaussianPrior | None = None) -> RefineResult:
-    levels = _check_inputs(levels, points, T_init)
+@dataclass
+class _Track:
+    """One start's progress through the pyramid in `_refine`."""
+
+    T_init: Pose
+    T: Pose
+    costs: list = field(default_factory=list)
+    iterations: int = 0
+    status: str = "converged"
+    lin: Linearization | None = None
+    level: int = 0  # the level it stopped on (the last, or where too few points were left)
+
+
+def _refine(levels, points, T_inits: Sequence[Pose], config, sampler_cls,
+            prior: GaussianPrior | None = None) -> list[RefineResult]:
+    """Refine every start; all starts go through each level's LM together (`run_lm_many`)."""
+    for T in T_inits:
+        levels = _check_inputs(levels, points, T)
     order = np.random.default_rng(0).permutation(len(points.labels))
-    T = T_init
     sampler = sampler_cls(levels[0])
-    if config.search_radius_m > 0:
-        T = _translation_search(levels[0], sampler, _subset(points, order, config.search_points), T,
-                                config)
-    costs: list[np.ndarray] = []
-    iterations = 0
-    status = "converged"
+    search_points = _subset(points, order, config.search_points)
+    tracks = [_Track(T, T if config.search_radius_m <= 0 else
+                     _translation_search(levels[0], sampler, search_points, T, config))
+              for T in T_inits]
+    objectives = []
     for i, lv in enumerate(levels):
         _, H, W = lv.probs.shape
         level_points = _subset(points, order, int(np.ceil(config.points_per_pixel * H * W)))
         sampler = sampler if i == 0 else sampler_cls(lv)
         obj = _LevelObjective(lv, level_points, config.level_psi(i, len(levels)), sampler)
-        trace = run_lm(obj if prior is None else _PriorObjective(obj, prior), T,
-                       config.lm_finest if i == len(levels) - 1 else config.lm)
-        costs.append(trace.costs)
-        iterations += trace.iterations
-        T, lin, status = trace.T, trace.lin, trace.status
-        if status == "too_few_points":
+        objectives.append(obj)
+        running = [t for t in tracks if t.status != "too_few_points"]
+        if not running:
             break
-    num_valid, consistency = obj.consistency(T, lv.reductions, lv.probs)
+        traces = run_lm_many(obj if prior is None else _PriorObjective(obj, prior),
+                             [t.T for t in running],
+                             config.lm_finest if i == len(levels) - 1 else config.lm)
+        for track, trace in zip(running, traces):
+            track.costs.append(trace.costs)
+            track.iterations += trace.iterations
+            track.T, track.lin, track.status, track.level = trace.T, trace.lin, trace.status, i
+    return [_result(t, objectives[t.level], levels[t.level], config) for t in tracks]
+
+
+def _result(track: _Track, obj: _LevelObjective, level: LevelInput,
+            config: RefineConfig) -> RefineResult:
+    T, lin = track.T, track.lin
+    num_valid, consistency = obj.consistency(T, level.reductions, level.probs)
     try:
         cov = lin.sigma2 * np.linalg.inv(lin.H)
     except np.linalg.LinAlgError:
         cov = np.full((6, 6), np.inf)
-    failure = None if status == "converged" else status
-    moved = np.linalg.norm(T.center() - T_init.center())
+    failure = None if track.status == "converged" else track.status
+    moved = np.linalg.norm(T.center() - track.T_init.center())
     if not T.is_finite() or moved > config.max_translation_m:
         failure = "diverged"
-    return RefineResult(T, cov, tuple(costs), num_valid, consistency, failure is None, failure,
-                        iterations)
+    return RefineResult(T, cov, tuple(track.costs), num_valid, consistency, failure is None,
+                        failure, track.iterations)
 
 
 def refine(levels: Sequence[LevelInput], points: LabeledPoints, T_cam_world_init: Pose,
@@ -624,7 +673,17 @@ def refine(levels: Sequence[LevelInput], points: LabeledPoints, T_cam_world_init
 
     Per iteration O(N) whatever K (see the module docstring). Raises InputError on bad input.
     """
-    return _refine(levels, points, T_cam_world_init, config, _ReducedSampler, prior)
+    return _refine(levels, points, [T_cam_world_init], config, _ReducedSampler, prior)[0]
+
+
+def refine_many(levels: Sequence[LevelInput], points: LabeledPoints, starts: Sequence[Pose],
+                config: RefineConfig = RefineConfig(),
+                prior: GaussianPrior | None = None) -> list[RefineResult]:
+    """`refine` from each of several starts (a relocalizer's hypotheses) on the same points, run in
+    lockstep so each LM iteration linearizes all starts in one vectorized pass: the same results
+    as one `refine` per start, in less time, as per-call overhead dominates small levels. With a
+    prior, the image term's noise is estimated at the first start."""
+    return _refine(levels, points, list(starts), config, _ReducedSampler, prior)
 
 
 def refine_direct(levels: Sequence[LevelInput], points: LabeledPoints, T_cam_world_init: Pose,
@@ -635,7 +694,7 @@ def refine_direct(levels: Sequence[LevelInput], points: LabeledPoints, T_cam_wor
     gradient and Hessian up to float rounding. pixel_major copies each level to (H*W, K) first.
     """
     sampler = _PixelMajorDirectSampler if pixel_major else _DirectSampler
-    return _refine(levels, points, T_cam_world_init, config, sampler)
+    return _refine(levels, points, [T_cam_world_init], config, sampler)[0]
 
 
 def configure_bench(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from segloc_core.lm import LMConfig
 from segloc_core.refine import (REDUCTION_NAMES, GaussianPrior, LabeledPoints, LevelInput,
                                 RefineConfig, _DirectSampler, _LevelObjective, _PixelMajorDirectSampler,
                                 _ReducedSampler, _search_grid, _translation_search,
-                                level_reductions, refine, refine_direct)
+                                level_reductions, refine, refine_direct, refine_many)
 from segloc_core.refine_scenes import PlaneScene, map_points_from_depth, oracle_levels
 
 K = 20
@@ -341,3 +341,23 @@ def test_gaussian_prior_is_validated():
         GaussianPrior(T_QUERY, np.diag([1.0, 1, 1, 1, 1, -1]))
     with pytest.raises(InputError, match="positive definite"):
         GaussianPrior(T_QUERY, np.full((6, 6), np.nan))
+
+
+def test_refine_many_equals_one_refine_per_start(scene_data):
+    """Lockstep refinement of several starts (one vectorized linearization per LM iteration)
+    gives each start the result a refine of its own gives, including one that fails."""
+    labels_q, points = scene_data
+    levels = _levels(labels_q)
+    starts = [Pose.exp(offset) @ T_QUERY for offset in (
+        [0.10, -0.05, 0.15, 0.01, -0.015, 0.005], [-0.25, 0.1, -0.3, -0.02, 0.03, 0.01],
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0])] + [Pose.from_rotvec([0, 0, 0], [0, 0, -40.0]) @ T_QUERY]
+    many = refine_many(levels, points, starts)
+    for start, batched in zip(starts, many):
+        alone = refine(levels, points, start)
+        assert batched.converged == alone.converged and batched.failure == alone.failure
+        assert batched.iterations == alone.iterations
+        dt, dr = pose_error(batched.T_cam_world, alone.T_cam_world)
+        assert dt < 1e-5 and dr < 1e-4, (dt, dr)
+        assert batched.consistency == pytest.approx(alone.consistency)
+        np.testing.assert_allclose(batched.covariance, alone.covariance, rtol=1e-4, atol=1e-12)
+    assert sum(r.converged for r in many) == 3 and many[3].failure is not None
