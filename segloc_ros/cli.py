@@ -17,6 +17,7 @@ COMMANDS = {
 BENCHES = {
     **core_cli.BENCHES,
     "pipeline": ("segloc_ros.bench_pipeline", "the node graph on a world bag: latency, rate, drops"),
+    "encoding": ("segloc_ros.bench_encoding", "class-map message encodings: bytes, time, accuracy"),
 }
 
 
