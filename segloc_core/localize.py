@@ -79,8 +79,9 @@ class LocalizerConfig:
     # the last accepted pose moved by odometry (coasting), as one bad frame (glare, an occluding
     # truck) should not cost a global relocalization
     max_tracking_misses: int = 5
-    # tracking refines from the second-coarsest level on: the prior is centimetres off, which a
-    # 20x15 level cannot resolve (measured offline: -5 ms per frame, fixes within 1 m 6 -> 18/80)
+    # with the prior term on, tracking refines from the second-coarsest level on: the prediction
+    # is centimetres off, which a 20x15 level cannot resolve (measured offline: -5 ms per frame,
+    # fixes within 1 m 6 -> 18 of 80)
     tracking_skip_levels: int = 1
     refine: RefineConfig = field(default_factory=RefineConfig)
 
