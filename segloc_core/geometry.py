@@ -130,6 +130,15 @@ class Pose:
     def inv(self) -> Pose:
         return Pose(self.R.T, -self.R.T @ self.t)
 
+    def adjoint(self) -> np.ndarray:
+        """(6,6) Ad with self @ exp(xi) == exp(Ad xi) @ self, for xi = [rho, omega]: moves a
+        covariance of a left perturbation through a composition (Ad C Ad^T)."""
+        Ad = np.zeros((6, 6))
+        Ad[:3, :3] = Ad[3:, 3:] = self.R
+        tx, ty, tz = self.t
+        Ad[:3, 3:] = np.array([[0.0, -tz, ty], [tz, 0.0, -tx], [-ty, tx, 0.0]]) @ self.R
+        return Ad
+
     def __matmul__(self, other: Pose) -> Pose:
         """Composition: (T_a_b @ T_b_c) = T_a_c."""
         if not isinstance(other, Pose):

@@ -43,12 +43,7 @@ def body_to_parent_covariance(T_parent_body: Pose, covariance_body: np.ndarray) 
 def change_body_covariance(covariance_a: np.ndarray, T_a_b: Pose) -> np.ndarray:
     """Covariance of a body-frame perturbation of frame a -> of rigidly attached frame b
     (T_world_b = T_world_a T_a_b, so xi_b = Ad(T_b_a) xi_a)."""
-    T_b_a = T_a_b.inv()
-    Ad = np.zeros((6, 6))
-    Ad[:3, :3] = Ad[3:, 3:] = T_b_a.R
-    tx = np.array([[0, -T_b_a.t[2], T_b_a.t[1]], [T_b_a.t[2], 0, -T_b_a.t[0]],
-                   [-T_b_a.t[1], T_b_a.t[0], 0]])
-    Ad[:3, 3:] = tx @ T_b_a.R
+    Ad = T_a_b.inv().adjoint()
     return Ad @ covariance_a @ Ad.T
 
 
