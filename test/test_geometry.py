@@ -129,3 +129,10 @@ def test_bad_camera_and_pose_input():
     with pytest.raises(InputError):
         Pose.exp(np.zeros(5))
     assert not Pose(np.eye(3), [np.nan, 0, 0]).is_finite()
+
+
+def test_adjoint_moves_a_left_perturbation_through_the_pose():
+    T = Pose.from_rotvec([0.1, -0.2, 0.3], [1.0, 2.0, 3.0])
+    xi = np.array([0.01, 0.02, -0.01, 0.003, -0.002, 0.001])
+    np.testing.assert_allclose((T @ Pose.exp(xi)).matrix(),
+                               (Pose.exp(T.adjoint() @ xi) @ T).matrix(), atol=1e-12)
