@@ -555,9 +555,11 @@ def _translation_search(level: LevelInput, sampler, points: LabeledPoints, T: Po
     return Pose(np.eye(3), deltas[int(np.argmin(cost))].astype(np.float64)) @ T
 
 
-def _check_inputs(levels: Sequence[LevelInput], points: LabeledPoints, T: Pose) -> list[LevelInput]:
-    if not isinstance(T, Pose) or not T.is_finite():
-        raise InputError(f"initial pose must be a finite Pose, got {T!r}")
+def _check_inputs(levels: Sequence[LevelInput], points: LabeledPoints,
+                  starts: Sequence[Pose]) -> list[LevelInput]:
+    for T in starts:
+        if not isinstance(T, Pose) or not T.is_finite():
+            raise InputError(f"initial pose must be a finite Pose, got {T!r}")
     if len(levels) == 0:
         raise InputError("refine needs at least one level of probability maps")
     K = None
@@ -622,8 +624,7 @@ class _Track:
 def _refine(levels, points, T_inits: Sequence[Pose], config, sampler_cls,
             prior: GaussianPrior | None = None) -> list[RefineResult]:
     """Refine every start; all starts go through each level's LM together (`run_lm_many`)."""
-    for T in T_inits:
-        levels = _check_inputs(levels, points, T)
+    levels = _check_inputs(levels, points, T_inits)
     order = np.random.default_rng(0).permutation(len(points.labels))
     sampler = sampler_cls(levels[0])
     search_points = _subset(points, order, config.search_points)

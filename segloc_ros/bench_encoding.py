@@ -21,8 +21,6 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from segloc_core import paths
-
 ENCODINGS = (("float32", 0), ("dense_u8", 0), ("topn_u8", 8), ("topn_u8", 3))
 
 
@@ -33,22 +31,20 @@ def bench_encoding(frames: int = 80) -> dict:
 
     from segloc_core.geometry import pose_error
     from segloc_core.infer import load_segmenter
-    from segloc_core.localize import Localizer, PriorSource
+    from segloc_core.localize import Localizer, PriorSource, State
     from segloc_core.map_format import load_map
     from segloc_core.refine import LevelInput
     from segloc_core.retrieval import Retriever
-    from segloc_core.world import WorldConfig, load_world, render_world
-    from segloc_ros.demo import cached_map
+    from segloc_ros.bench_pipeline import bench_world
+    from segloc_ros.demo import default_map
     from segloc_ros.image_conversion import camera_to_camera_info
     from segloc_ros.segmentation_msg import pack_segmentation, unpack_levels
 
-    labeled_map = load_map(cached_map(render_world(WorldConfig(), paths.world_dir("default")), None))
-    config = WorldConfig(frame_rate_hz=10.0, max_frames=frames, conditions=("summer", "overcast"),
-                         mapping_condition="summer")
-    world = load_world(render_world(config, paths.home() / "world" / "bench_320x240",
-                                    progress=False))
+    labeled_map = load_map(default_map())
+    world, _ = bench_world(320, 240, 10.0, frames)
     segmenter = load_segmenter(None, backend="onnxruntime")
     retriever = Retriever(labeled_map)
+    localizer = Localizer(labeled_map)
     stats = {f"{name}{f'_top{n}' if n else ''}": {"bytes": [], "ms": [], "fixes": []}
              for name, n in ENCODINGS}
     for rec in tqdm(world.frames("overcast"), desc="encodings", unit="frame"):
@@ -68,7 +64,7 @@ def bench_encoding(frames: int = 80) -> dict:
                 size = len(raw)
             stats[key]["ms"].append((time.perf_counter() - start) * 1e3)
             stats[key]["bytes"].append(size)
-            localizer = Localizer(labeled_map)
+            localizer.state = State.UNINITIALIZED  # every frame relocalizes, as after a loss
             fix = localizer.localize(levels, prior.T_cam_world, PriorSource.RETRIEVAL,
                                      prior.retrieved.image_ids)
             stats[key]["fixes"].append((fix, rec.T_cam_world))

@@ -25,27 +25,35 @@ SIZES = ((320, 240), (640, 480))
 STATE_LOCALIZED = 1  # segloc_msgs/LocalizationStatus.STATE_LOCALIZED (no ROS import at module load)
 
 
-def _bench_bag(width: int, height: int, rate_hz: float, frames: int) -> Path:
-    from segloc_core.world import WorldConfig, load_world, render_world, write_world_bag
+def bench_world(width: int, height: int, rate_hz: float, frames: int):
+    """The benchmarks' traversals (summer, overcast) of the default world's layout, rendered once
+    per size: (dataset, config)."""
+    from segloc_core.world import WorldConfig, load_world, render_world
 
     config = WorldConfig(width=width, height=height, frame_rate_hz=rate_hz, max_frames=frames,
                          conditions=("summer", "overcast"), mapping_condition="summer")
     world = render_world(config, paths.home() / "world" / f"bench_{width}x{height}",
                          progress=False)
+    return load_world(world), config
+
+
+def _bench_bag(width: int, height: int, rate_hz: float, frames: int) -> Path:
+    from segloc_core.world import write_world_bag
+
+    world, config = bench_world(width, height, rate_hz, frames)
     bag = paths.home() / "bags" / f"bench_{width}x{height}_{config.hash()}"
     if not bag.is_dir():
-        write_world_bag(load_world(world), "overcast", bag, overwrite=True)
+        write_world_bag(world, "overcast", bag, overwrite=True)
     return bag
 
 
 def bench_pipeline(sizes=SIZES, rate_hz: float = 10.0, frames: int = 300,
                    map_path: Path | None = None, model: Path | None = None) -> dict:
-    from segloc_core.world import WorldConfig, render_world
     from segloc_ros.bag_eval import replay
-    from segloc_ros.demo import cached_map
+    from segloc_ros.demo import default_map
 
     # the default map, rebuilt when the model changed (its frames must come from the same model)
-    map_path = map_path or cached_map(render_world(WorldConfig(), paths.world_dir("default")), model)
+    map_path = map_path or default_map(model)
     out = {"input_rate_hz": rate_hz, "frames": frames, "map": str(map_path)}
     for width, height in sizes:
         bag = _bench_bag(width, height, rate_hz, frames)

@@ -44,6 +44,13 @@ def cached_map(world: Path, model: Path | None) -> Path:
     return out
 
 
+def default_map(model: Path | None = None) -> Path:
+    """The default world (rendered once) and its map for `model` (rebuilt when stale)."""
+    from segloc_core.world import WorldConfig, render_world
+
+    return cached_map(render_world(WorldConfig(), paths.world_dir("default")), model)
+
+
 def _cached_bag(world: Path, condition: str, max_frames: int | None) -> Path:
     from segloc_core.world import load_world, write_world_bag
 
