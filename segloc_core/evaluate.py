@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from segloc_core import segmenters
 from segloc_core import trajectory_metrics as tm
 from segloc_core.errors import InputError
 
@@ -56,15 +57,17 @@ def write_report(out_dir: Path, ground_truth: tm.Trajectory, estimates: Mapping[
 
 
 def evaluate_queries(query_dirs: Sequence[Path], map_path: Path, model_path: Path | None,
-                     out_dir: Path, backend: str = "auto", progress: bool = True) -> Report:
-    """Localize every query image (no tracking) and report PA and PR per folder (condition)."""
-    from segloc_core.infer import load_segmenter
+                     out_dir: Path, backend: str = "auto", progress: bool = True,
+                     segmenter: str = "model", world: Path | None = None) -> Report:
+    """Localize every query image (no tracking) and report PA and PR per folder (condition).
+    `segmenter`: "model" or an oracle spec (`segloc_core.segmenters`)."""
     from segloc_core.localize import localize_queries
     from segloc_core.map_format import load_map, size_report
     from segloc_core.query_sets import load_query_set
+    from segloc_core.segmenters import open_segmenter
 
     labeled_map = load_map(map_path)
-    segmenter = load_segmenter(model_path, backend)
+    segmenter = open_segmenter(segmenter, model_path, backend, world)
     stamps, gt, pa, pr, labels, skipped = [], [], {}, {}, [], []
     for folder in query_dirs:
         queries = load_query_set(folder)
@@ -102,7 +105,8 @@ def run_queries(args: argparse.Namespace) -> int:
     if not args.queries:
         raise InputError("give --queries DIR [DIR ...] (or `segloc eval seg`, or --bag with ROS)")
     out = args.out or home() / "eval" / "queries"
-    report = evaluate_queries(args.queries, args.map or map_path(), args.model, out, args.backend)
+    report = evaluate_queries(args.queries, args.map or map_path(), args.model, out, args.backend,
+                              segmenter=args.segmenter, world=args.world)
     print(report.markdown)
     print(f"report: {out}")
     return 0
@@ -112,6 +116,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--map", type=Path, default=None, help="labeled map (default: the default world's)")
     parser.add_argument("--model", type=Path, default=None, help="segmentation model (default: shipped)")
     parser.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch")
+    segmenters.add_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="report folder")
 
 

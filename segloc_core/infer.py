@@ -139,7 +139,9 @@ class Segmenter(ABC):
         """Camera of level `level`'s maps for a frame taken with `camera` (any resolution)."""
         return camera.scaled_to(*self.level_size(level))
 
-    def segment(self, rgb: np.ndarray) -> SegmentationResult:
+    def segment(self, rgb: np.ndarray, frame: object = None) -> SegmentationResult:
+        """Segment one image. `frame` names the frame for segmenters that read ground truth
+        (`segloc_core.oracle`); a network sees only the pixels and ignores it."""
         return self.segment_many([rgb])[0]
 
     def segment_many(self, images: Sequence[np.ndarray]) -> list[SegmentationResult]:

@@ -221,7 +221,9 @@ class Localizer:
         results = refine_many(levels, points, starts, refine_config, prior)
         best = max(range(len(results)), key=lambda j: (results[j].converged,
                                                        results[j].consistency))
-        chance = chance_consistency(levels[-2 if len(levels) > 1 else -1].probs, points.labels)
+        gate_probs = levels[-2 if len(levels) > 1 else -1].probs  # read with its own labels
+        chance = chance_consistency(gate_probs, points.labels // (levels[-1].probs.shape[0]
+                                                                  // gate_probs.shape[0]))
         return self._finish(results[best], T_cam_world_prior, source,
                             self._rejection(results[best], chance), chance)
 
@@ -304,7 +306,7 @@ def localize_queries(queries: Sequence["QueryImage"], segmenter, labeled_map: La
             continue
         t0 = time.perf_counter()
         try:
-            seg = segmenter.segment(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            seg = segmenter.segment(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), str(query.image_path))
         except InputError as exc:
             out.append(QueryResult(query.name, None, None, 0.0, 0.0, 0.0, str(exc)))
             continue

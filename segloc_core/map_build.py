@@ -67,7 +67,7 @@ class SegmenterLike(Protocol):
     K: int
     model_hash: str
 
-    def segment(self, rgb: np.ndarray): ...
+    def segment(self, rgb: np.ndarray, frame: object = None): ...
 
     def level_camera(self, camera: Camera, level: int) -> Camera: ...
 
@@ -128,7 +128,7 @@ class SegmenterLookup:
         self.descriptors: dict[int, np.ndarray] = {}
 
     def segment(self, image: int):
-        result = self.segmenter.segment(self.geometry.load_rgb(image))
+        result = self.segmenter.segment(self.geometry.load_rgb(image), self.geometry.names[image])
         self.descriptors[image] = np.asarray(result.descriptor, np.float32)
         return result
 

@@ -11,6 +11,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from segloc_core import segmenters
 from segloc_core.errors import InputError
 from segloc_core.map_build import BuildConfig, MapGeometry, label_and_describe
 from segloc_core.map_format import LabeledMap, MapSizeReport, load_map, save_map, size_report
@@ -57,11 +58,14 @@ def source_geometry(source: MapSource, config: BuildConfig = BuildConfig(), prog
 
 
 def build_map(source: MapSource, out: Path, model_path: Path | None = None,
-              config: BuildConfig = BuildConfig(), progress: bool = True) -> LabeledMap:
-    """Geometry from `source`, labels and descriptors from the model, written to `out`."""
-    from segloc_core.infer import load_segmenter
+              config: BuildConfig = BuildConfig(), progress: bool = True,
+              segmenter: str = "model") -> LabeledMap:
+    """Geometry from `source`, labels and descriptors from the model (or the oracle, on a world:
+    `segloc_core.segmenters`), written to `out`."""
+    from segloc_core.segmenters import open_segmenter
 
-    segmenter = load_segmenter(model_path)
+    world = Path(source.path) if source.kind == "world" else None
+    segmenter = open_segmenter(segmenter, model_path, world=world)
     labeled = label_and_describe(source_geometry(source, config, progress), segmenter, config, progress)
     save_map(labeled, out)
     return labeled
@@ -118,7 +122,7 @@ def _cli_build(args: argparse.Namespace) -> int:
     config = BuildConfig(min_agreement=args.min_agreement, whitening_dim=args.whitening_dim,
                          voxel_m=args.voxel, pixel_stride=args.pixel_stride, frame_stride=args.frame_stride)
     m = build_map(MapSource(kind, path, Path(args.images) if args.images else None), out,
-                  Path(args.model) if args.model else None, config)
+                  Path(args.model) if args.model else None, config, segmenter=args.segmenter)
     report = size_report(out)
     print(f"wrote {out}: {len(m)} points, {len(m.images)} images, {report.bytes_per_point:.2f} bytes/point")
     return 0
@@ -127,6 +131,7 @@ def _cli_build(args: argparse.Namespace) -> int:
 def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", help="output map (default: $SEGLOC_HOME/maps/<name>.segmap)")
     p.add_argument("--model", help="segmentation model (default: the shipped one)")
+    p.add_argument("--segmenter", default="model", help=segmenters.HELP)
     p.add_argument("--images", help="image folder of a COLMAP model (default: <model>/../images)")
     p.add_argument("--min-agreement", type=float, default=BuildConfig.min_agreement,
                    help="drop points whose label got a smaller share of their observations' votes")

@@ -1,0 +1,245 @@
+"""The oracle segmenter: place-specific labels from a rendered world's ground truth (a diagnostic).
+
+It stands where the network stands (same `segment` protocol, same four level sizes, reductions and
+a global descriptor), but its labels come from the world's rendered surface ids, depth and pose:
+each pixel is back-projected to its world point, and its label is a hash of (material id, world
+cell of `cell_m`), sky (or nothing within the depth range) its own label. So its figures are the
+ceiling every model is measured against: what map build, retrieval, the refiner and the gates
+reach when the labels are as place-specific and condition-invariant as labels can be. It needs
+ground truth, so it runs only on the default world (or another rendered world), never on a robot,
+and it is never a default.
+
+Hierarchy (why): the refiner's coarse levels (20x15, 40x30) cannot resolve 1 m cells, and with flat
+1 m labels they pulled a perfect start 0.4-1.4 m off (oracle study, Table 2), while they are what
+gives the basin. With `parent_cell_m > 0` a label is `parent * B + child` (B = K / parents), the
+parent a hash of the coarser cell: the coarse levels then publish `parents` channels (the parent's
+probability, i.e. the fine probabilities summed over each parent's children) and the refiner reads
+a point's label there as `label // B` (see `segloc_core.refine`). The map still stores one label.
+
+Probabilities: one-hot labels at the world's resolution, area-pooled to each level, blurred by
+`blur_px` pixels of that level and mixed with `uniform` of the uniform distribution, as in the
+oracle study. Descriptor: the GPO layout of the network (3x3 half-size windows over the fine labels
+at stride 8), with flat rank weights: each window's histogram of the flat (non-hierarchical) cell
+labels.
+
+Frames are named as the product's callers know them: a query image path inside the world folder,
+a map geometry name "<condition>/<index>", or an image stamp in nanoseconds (a world bag).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from segloc_core.errors import InputError
+from segloc_core.geometry import Camera
+from segloc_core.infer import LevelMaps, SegmentationResult
+from segloc_core.model import ModelConfig
+from segloc_core.reductions import level_reductions
+from segloc_core.world import load_world
+from segloc_core.world.dataset import FrameRecord
+from segloc_core.world.materials import SKY
+
+_SPEC = re.compile(r"^oracle(?::([^,]+)(?:,([^,]+))?(?:,([^,]+))?(?:,([^,]+))?)?$")
+
+
+@dataclass(frozen=True)
+class OracleSpec:
+    """cell_m: fine cell (m); K: labels; parent_cell_m: coarse cell (0: flat labels on every
+    level); parents: labels of the coarse levels (K must be a multiple); coarse_levels: how many of
+    the coarsest levels read the parent label."""
+
+    cell_m: float = 1.0
+    K: int = 100
+    parent_cell_m: float = 4.0
+    parents: int = 10
+    coarse_levels: int = 2
+    blur_px: float = 1.0
+    uniform: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.cell_m > 0 and 2 <= self.K <= 256):
+            raise InputError(f"oracle: cell must be > 0 m and K in [2, 256], got {self.cell_m}, {self.K}")
+        if self.hierarchical:
+            if self.parents < 2 or self.K % self.parents or self.K // self.parents < 2:
+                raise InputError(f"oracle: K={self.K} must be a multiple of parents={self.parents} "
+                                 "with at least 2 children each")
+            if self.parent_cell_m < self.cell_m:
+                raise InputError(f"oracle: parent cell {self.parent_cell_m} m is finer than the "
+                                 f"cell {self.cell_m} m")
+
+    @property
+    def hierarchical(self) -> bool:
+        return self.parent_cell_m > 0
+
+    @classmethod
+    def parse(cls, text: str) -> OracleSpec:
+        """`oracle[:CELL_M[,K[,PARENT_CELL_M[,PARENTS]]]]`, e.g. `oracle:1,100` (4 m parents, 10 of
+        them) or `oracle:1,100,0` (flat labels on every level, as in the oracle study)."""
+        m = _SPEC.match(text.strip())
+        if not m:
+            raise InputError(f"segmenter {text!r}: expected oracle[:CELL_M[,K[,PARENT_CELL_M[,PARENTS]]]]")
+        d = cls()
+        try:
+            return cls(float(m[1]) if m[1] else d.cell_m, int(m[2]) if m[2] else d.K,
+                       float(m[3]) if m[3] else d.parent_cell_m, int(m[4]) if m[4] else d.parents)
+        except ValueError as exc:
+            raise InputError(f"segmenter {text!r}: {exc}") from exc
+
+    def name(self) -> str:
+        tail = f",{self.parent_cell_m:g},{self.parents}" if self.hierarchical else ",0"
+        return f"oracle:{self.cell_m:g},{self.K}{tail}"
+
+
+def _mix(*keys: np.ndarray) -> np.ndarray:
+    """A well-spread uint64 hash of integer arrays (splitmix64 finaliser over a running mix)."""
+    h = np.zeros(np.broadcast(*keys).shape, np.uint64)
+    with np.errstate(over="ignore"):
+        for k in keys:
+            h ^= np.asarray(k).astype(np.int64).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) \
+                + (h << np.uint64(6)) + (h >> np.uint64(2))
+            h ^= h >> np.uint64(30)
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(27)
+            h *= np.uint64(0x94D049BB133111EB)
+            h ^= h >> np.uint64(31)
+    return h
+
+
+def pixel_labels(ids: np.ndarray, depth: np.ndarray, camera: Camera, T_world_cam, spec: OracleSpec) -> np.ndarray:
+    """(H, W) int64 fine labels of one frame (see the module docstring)."""
+    H, W = depth.shape
+    uv = camera.pixel_centers().reshape(-1, 2)
+    z = depth.reshape(-1).astype(np.float64)
+    xyz = T_world_cam.transform(camera.unproject(uv) * z[:, None])
+    mat = ids.reshape(-1).astype(np.int64)
+    sky = (mat == SKY) | (z <= 0)
+
+    def cell_hash(size: float, salt: int) -> np.ndarray:
+        c = np.floor(xyz / size).astype(np.int64)
+        return _mix(np.full_like(mat, spec.seed * 7919 + salt), mat, c[:, 0], c[:, 1], c[:, 2])
+
+    if spec.hierarchical:
+        B = spec.K // spec.parents
+        parent = (cell_hash(spec.parent_cell_m, 1) % np.uint64(spec.parents - 1)).astype(np.int64)
+        child = (cell_hash(spec.cell_m, 2) % np.uint64(B)).astype(np.int64)
+        labels = parent * B + child
+    else:
+        labels = (cell_hash(spec.cell_m, 0) % np.uint64(spec.K - 1)).astype(np.int64)
+    labels[sky] = spec.K - 1
+    return labels.reshape(H, W)
+
+
+def pooled_probs(labels: np.ndarray, K: int, size_wh: tuple[int, int], blur_px: float,
+                 uniform: float) -> np.ndarray:
+    """(K, h, w) float32: one-hot `labels` (H, W) area-pooled to size_wh (H, W multiples of it),
+    blurred and mixed with the uniform distribution."""
+    H, W = labels.shape
+    w, h = size_wh
+    if H % h or W % w:
+        raise InputError(f"oracle: level {w}x{h} does not divide the image {W}x{H}")
+    ry, rx = H // h, W // w
+    block = (np.arange(H)[:, None] // ry) * w + np.arange(W)[None, :] // rx
+    counts = np.bincount((labels * (h * w) + block).ravel(), minlength=K * h * w)
+    p = counts.reshape(K, h, w).astype(np.float32) / np.float32(rx * ry)
+    if blur_px > 0:
+        p = gaussian_filter(p, sigma=(0, blur_px, blur_px), mode="nearest")
+    p *= np.float32(1.0 - uniform)
+    p += np.float32(uniform / K)
+    return p
+
+
+def window_histograms(probs: np.ndarray, grid: int = 3) -> np.ndarray:
+    """(grid^2 * K,) float32: the mean of `probs` (K, h, w) in the network's GPO windows (half-size
+    windows at quarter strides): GPO with flat rank weights."""
+    K, h, w = probs.shape
+    wh, ww = h // 2, w // 2
+    out = []
+    for i in range(grid):
+        for j in range(grid):
+            y0 = (h - wh) * i // max(grid - 1, 1)
+            x0 = (w - ww) * j // max(grid - 1, 1)
+            out.append(probs[:, y0:y0 + wh, x0:x0 + ww].mean(axis=(1, 2)))
+    return np.concatenate(out).astype(np.float32)
+
+
+class OracleSegmenter:
+    """Ground-truth labels for the frames of a rendered world (see the module docstring)."""
+
+    backend = "oracle"
+
+    def __init__(self, world_path: Path | str, spec: OracleSpec = OracleSpec(),
+                 config: ModelConfig = ModelConfig()):
+        self.world = load_world(world_path)
+        self.spec = spec
+        self.K = spec.K
+        self.input_size = (self.world.config.width, self.world.config.height)
+        self.strides = tuple(config.strides)
+        self.gpo_stride = config.strides[-1] * config.gpo_pool
+        self.gpo_grid = config.gpo_grid
+        key = f"{spec.name()}|{spec.blur_px}|{spec.uniform}|{spec.seed}|{self.world.config.hash()}"
+        self.model_hash = "oracle-" + hashlib.sha256(key.encode()).hexdigest()[:9]
+        self._by_stamp: dict[int, FrameRecord] = {}
+        self._by_path: dict[Path, FrameRecord] = {}
+        self._by_name: dict[str, FrameRecord] = {}
+        for cond in self.world.conditions:
+            for rec in self.world.frames(cond):
+                self._by_stamp[rec.stamp_ns] = rec
+                self._by_path[rec.rgb_path.resolve()] = rec
+                self._by_name[f"{cond}/{rec.index:06d}"] = rec
+
+    def level_size(self, level: int) -> tuple[int, int]:
+        s = self.strides[level]
+        return self.input_size[0] // s, self.input_size[1] // s
+
+    def level_K(self, level: int) -> int:
+        """Channels of `level`: the parents on the `coarse_levels` coarsest levels, else K."""
+        coarse = self.spec.hierarchical and level < self.spec.coarse_levels
+        return self.spec.parents if coarse else self.spec.K
+
+    def level_camera(self, camera: Camera, level: int) -> Camera:
+        return camera.scaled_to(*self.level_size(level))
+
+    def record(self, frame) -> FrameRecord:
+        """The world frame behind a reference (see the module docstring), or an InputError."""
+        if isinstance(frame, FrameRecord):
+            return frame
+        rec = None
+        if isinstance(frame, (int, np.integer)):
+            rec = self._by_stamp.get(int(frame))
+        elif isinstance(frame, (str, Path)):
+            rec = self._by_name.get(str(frame)) or self._by_path.get(Path(frame).resolve())
+        if rec is None:
+            raise InputError(f"oracle segmenter: {frame!r} is not a frame of the world {self.world.root} "
+                             "(it needs ground truth: a world image path, condition/index name or stamp)")
+        return rec
+
+    def segment(self, rgb: np.ndarray | None = None, frame=None) -> SegmentationResult:
+        """Ground-truth segmentation of `frame` (`rgb` is not looked at; it may be None)."""
+        if frame is None:
+            raise InputError("the oracle segmenter needs to know which world frame it sees")
+        rec = self.record(frame)
+        ids, depth = self.world.ids(rec), self.world.depth(rec)
+        if depth.shape != (self.input_size[1], self.input_size[0]):
+            raise InputError(f"oracle: {rec.depth_path} is {depth.shape[::-1]}, the world says {self.input_size}")
+        labels = pixel_labels(ids, depth, rec.camera, rec.T_world_cam, self.spec)
+        levels = []
+        for lv in range(len(self.strides)):
+            K_l = self.level_K(lv)
+            lab = labels // (self.spec.K // K_l)
+            probs = pooled_probs(lab, K_l, self.level_size(lv), self.spec.blur_px, self.spec.uniform)
+            levels.append(LevelMaps(probs, level_reductions(probs)))
+        # the descriptor reads flat cell labels: with the hierarchy's 10 children per parent,
+        # neighbouring cells share labels 10x more often, and retrieval lost 8 points at 5 m
+        flat = labels if not self.spec.hierarchical else pixel_labels(
+            ids, depth, rec.camera, rec.T_world_cam, dataclasses.replace(self.spec, parent_cell_m=0.0))
+        w, h = self.input_size
+        gpo = pooled_probs(flat, self.K, (w // self.gpo_stride, h // self.gpo_stride), 0.0, 0.0)
+        return SegmentationResult(levels, window_histograms(gpo, self.gpo_grid), self.input_size,
+                                  self.model_hash, self.K)
