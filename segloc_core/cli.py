@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # benchmark name -> (module, one-line help)
 BENCHES: dict[str, tuple[str, str]] = {
+    "accuracy": ("segloc_core.accuracy_bench", "end-to-end localization: the oracle ceiling vs the model, label metrics"),
     "refine": ("segloc_core.refine", "label-consistency refiner: speed vs K and the direct baseline, accuracy"),
     "world": ("segloc_core.world", "world rendering frame rate at 320x240 and 640x480"),
     "segment": ("segloc_core.infer", "segmentation ms per frame for each available backend"),

@@ -98,6 +98,23 @@ def plot_map(m: LabeledMap, out: Path, max_points: int = 200_000) -> Path:
     return out
 
 
+def label_report(m: LabeledMap, poses: int = 50) -> list[str]:
+    """Label quality of a map (`segloc_core.label_metrics`): label sharing by distance against
+    chance, and the effective labels among the points each of `poses` database images sees."""
+    import numpy as np
+
+    from segloc_core import label_metrics
+
+    share = label_metrics.label_share_by_distance(m.xyz, m.labels)
+    images = np.linspace(0, len(m.images) - 1, min(poses, len(m.images))).astype(int)
+    eff = [label_metrics.effective_labels(m.labels[m.points_of_images(np.array([i]))]) for i in images]
+    dist = "  ".join(f"{k} {v:.2f}" for k, v in share.items() if k != "chance")
+    return [f"labels            {len(np.unique(m.labels))} used, {label_metrics.effective_labels(m.labels):.1f} "
+            f"effective; {np.median(eff):.1f} effective among an image's points (median)",
+            f"label sharing     {dist}  (chance {share['chance']:.2f}; place labels fall to chance "
+            "within a few metres)"]
+
+
 def _cli_info(args: argparse.Namespace) -> int:
     report = size_report(Path(args.map))
     m = load_map(Path(args.map))
@@ -106,6 +123,7 @@ def _cli_info(args: argparse.Namespace) -> int:
     print(f"model             {m.meta.model_hash}  (frame {m.meta.frame_id}, units {m.meta.units}, "
           f"created {m.meta.created_utc})")
     print("\n".join(report.lines()))
+    print("\n".join(label_report(m)))
     if args.plot:
         print(f"top view          {plot_map(m, Path(args.plot))}")
     return 0
