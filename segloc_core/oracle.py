@@ -138,16 +138,16 @@ def pixel_labels(ids: np.ndarray, depth: np.ndarray, camera: Camera, T_world_cam
 
 def pooled_probs(labels: np.ndarray, K: int, size_wh: tuple[int, int], blur_px: float,
                  uniform: float) -> np.ndarray:
-    """(K, h, w) float32: one-hot `labels` (H, W) area-pooled to size_wh (H, W multiples of it),
-    blurred and mixed with the uniform distribution."""
+    """(K, h, w) float32: one-hot `labels` (H, W) pooled to size_wh (each pixel counts in the
+    level pixel it falls in: area pooling where the sizes divide), blurred and mixed with the
+    uniform distribution."""
     H, W = labels.shape
     w, h = size_wh
-    if H % h or W % w:
-        raise InputError(f"oracle: level {w}x{h} does not divide the image {W}x{H}")
-    ry, rx = H // h, W // w
-    block = (np.arange(H)[:, None] // ry) * w + np.arange(W)[None, :] // rx
+    rows, cols = np.arange(H) * h // H, np.arange(W) * w // W
+    block = rows[:, None] * w + cols[None, :]
     counts = np.bincount((labels * (h * w) + block).ravel(), minlength=K * h * w)
-    p = counts.reshape(K, h, w).astype(np.float32) / np.float32(rx * ry)
+    area = np.bincount(block.ravel(), minlength=h * w).astype(np.float32)
+    p = counts.reshape(K, h, w).astype(np.float32) / area.reshape(1, h, w)
     if blur_px > 0:
         p = gaussian_filter(p, sigma=(0, blur_px, blur_px), mode="nearest")
     p *= np.float32(1.0 - uniform)
