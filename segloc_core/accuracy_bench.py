@@ -138,10 +138,10 @@ def run_configuration(segmenter, world: Path, conditions: Sequence[str], stride:
             db = db_frames[nearest_frame(db_frames, rec.T_world_cam)]
             db_argmax = segmenter.segment(ds.rgb(db), db).levels[-1].probs.argmax(0)
             uv_q, uv_db = correspondences(ds, rec, db, stride=4)
-            agree, n = lm.cross_condition_consistency(finest, db_argmax, uv_q, uv_db,
-                                                      (rec.camera.width, rec.camera.height), 20.0)
+            agree, chance, n = lm.cross_condition_consistency(
+                finest, db_argmax, uv_q, uv_db, (rec.camera.width, rec.camera.height), 20.0)
             if n:
-                rows.cross.append((agree, n))
+                rows.cross.append((agree, chance, n))
     elapsed = time.perf_counter() - t0
     return _summary(rows, labeled_map, segmenter, elapsed)
 
@@ -172,8 +172,8 @@ def _summary(rows: _Rows, labeled_map, segmenter, elapsed: float) -> dict:
         "label_share_5_10m": share["5-10m"],
         "label_share_chance": share["chance"],
         "effective_labels_at_pose": round(float(np.median(rows.effective)), 2),
-        "cross_condition_consistency_20px": round(float(np.average(
-            [a for a, _ in rows.cross], weights=[n for _, n in rows.cross])), 4) if rows.cross else float("nan"),
+        "cross_condition_consistency_20px": _weighted(rows.cross, 0),
+        "cross_condition_chance": _weighted(rows.cross, 1),
         "positional_agreement": round(pos, 4),
         "positional_chance": round(pos_chance, 4),
         "positional_pairs": pairs,
@@ -183,6 +183,13 @@ def _summary(rows: _Rows, labeled_map, segmenter, elapsed: float) -> dict:
         out[f"recall_from_gt_{key}"] = recall(np.array(errs).reshape(-1, 2), np.array(accepted, bool))
     out["_pr_t"] = np.where(acc, pr[:, 0], np.inf)
     return out
+
+
+def _weighted(rows: list, column: int) -> float:
+    """Mean of one column of (agreement, chance, pairs) rows, weighted by pairs."""
+    if not rows:
+        return float("nan")
+    return round(float(np.average([r[column] for r in rows], weights=[r[2] for r in rows])), 4)
 
 
 def plot(results: dict, path: Path) -> Path:

@@ -74,15 +74,18 @@ def effective_labels(labels: np.ndarray) -> float:
 
 def cross_condition_consistency(argmax_a: np.ndarray, argmax_b: np.ndarray, uv_a: np.ndarray,
                                 uv_b: np.ndarray, full_wh: tuple[int, int],
-                                min_shift_px: float = 20.0) -> tuple[float, int]:
-    """(agreement, pairs) of two frames' argmax maps (h, w) at correspondences uv_a -> uv_b given
-    at the full image resolution `full_wh` (COLMAP pixels), only where the two full-resolution
-    positions differ by more than `min_shift_px`."""
+                                min_shift_px: float = 20.0) -> tuple[float, float, int]:
+    """(agreement, chance, pairs) of two frames' argmax maps (h, w) at correspondences uv_a -> uv_b
+    given at the full image resolution `full_wh` (COLMAP pixels), only where the two
+    full-resolution positions differ by more than `min_shift_px`. Chance = sum_k f_a(k) f_b(k) over
+    the labels at those pixels: a model with 3 labels in large regions agrees often by chance."""
     far = np.linalg.norm(uv_a - uv_b, axis=1) > min_shift_px
     if not far.any():
-        return float("nan"), 0
-    return float(np.mean(_at(argmax_a, uv_a[far], full_wh) == _at(argmax_b, uv_b[far], full_wh))), \
-        int(far.sum())
+        return float("nan"), float("nan"), 0
+    la, lb = _at(argmax_a, uv_a[far], full_wh), _at(argmax_b, uv_b[far], full_wh)
+    n = max(int(la.max()), int(lb.max())) + 1
+    chance = float(np.bincount(la, minlength=n) @ np.bincount(lb, minlength=n)) / far.sum() ** 2
+    return float(np.mean(la == lb)), chance, int(far.sum())
 
 
 def _at(argmax: np.ndarray, uv_full: np.ndarray, full_wh: tuple[int, int]) -> np.ndarray:

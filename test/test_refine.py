@@ -157,9 +157,14 @@ def test_translation_search_recovers_start_that_lm_alone_cannot(scene_data):
     labels_q, points = scene_data
     levels = _levels(labels_q)
     T0 = Pose(np.eye(3), np.array([0.0, -0.8, -0.4])) @ T_QUERY
-    dt, _ = pose_error(refine(levels, points, T0, RefineConfig(search_radius_m=0.0)).T_cam_world,
-                       T_QUERY)
+    # with the loose finest-level stopping of earlier releases (0.1 px, 1e-3), LM alone stops in
+    # the wrong minimum; the tight default (0.01 px, 1e-6) creeps out of it on this scene
+    loose = LMConfig(step_tol=0.1, cost_rtol=1e-3)
+    dt, _ = pose_error(refine(levels, points, T0, RefineConfig(search_radius_m=0.0,
+                                                               lm_finest=loose)).T_cam_world, T_QUERY)
     assert dt > 0.1
+    dt, _ = pose_error(refine(levels, points, T0, RefineConfig(lm_finest=loose)).T_cam_world, T_QUERY)
+    assert dt < 0.02
     res = refine(levels, points, T0)
     dt, dr = pose_error(res.T_cam_world, T_QUERY)
     assert res.converged and dt < 0.02 and dr < 0.15
@@ -286,7 +291,7 @@ def test_garbage_input_raises_clear_errors(scene_data):
         refine(levels, LabeledPoints(points.xyz, points.labels.astype(float)), T_QUERY)
     bad_k = list(levels)
     bad_k[1] = LevelInput(levels[1].probs[:-1], None, levels[1].camera)
-    with pytest.raises(InputError, match="differs from level 0"):
+    with pytest.raises(InputError, match="must divide the finest"):
         refine(bad_k, points, T_QUERY)
     bad_dtype = [dataclasses.replace(levels[0], probs=levels[0].probs.astype(np.float64))]
     with pytest.raises(InputError, match="float32 or uint8"):
