@@ -63,7 +63,7 @@ def test_accepts_refined_fix_and_tracks(world_and_map):
     nxt, levels = _query(ds, "winter", 6)
     motion = rec.T_cam_world @ nxt.T_cam_world.inv()   # T_camprev_camnew, as odometry gives it
     predicted = localizer.propagate(motion)
-    assert pose_error(predicted, nxt.T_cam_world)[0] < 0.05  # the last fix's error, moved
+    assert pose_error(predicted, nxt.T_cam_world)[0] < 0.1  # the last fix's error, moved
     fix = localizer.localize(levels, predicted, PriorSource.TRACKING)   # points near the prior
     assert fix.accepted and localizer.state == State.TRACKING
 

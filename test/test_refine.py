@@ -364,5 +364,5 @@ def test_refine_many_equals_one_refine_per_start(scene_data):
         dt, dr = pose_error(batched.T_cam_world, alone.T_cam_world)
         assert dt < 1e-5 and dr < 1e-4, (dt, dr)
         assert batched.consistency == pytest.approx(alone.consistency)
-        np.testing.assert_allclose(batched.covariance, alone.covariance, rtol=1e-4, atol=1e-12)
+        np.testing.assert_allclose(batched.covariance, alone.covariance, rtol=1e-4, atol=1e-10)
     assert sum(r.converged for r in many) == 3 and many[3].failure is not None
