@@ -286,6 +286,11 @@ def _run(args) -> int:
 
     if not args.bag:
         return run_queries(args)
+    if args.segmenter != "model":
+        from segloc_core.errors import InputError
+
+        raise InputError("--segmenter oracle works with --queries, not yet with --bag: the nodes' "
+                         "Segmentation message carries one K for all levels")
     out = args.out or home() / "eval" / "bag"
     report = evaluate_bags(args.bag, args.map or map_path(), args.model, out, args.rate,
                            args.ground_truth)
