@@ -18,7 +18,6 @@ last stdout line is one JSON object keyed by configuration; a PNG of the error c
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -60,21 +59,14 @@ def perturb(T_cam_world: Pose, dist_m: float, angle_deg: float, rng: np.random.G
 
 
 def _map_for(segmenter, world: Path, progress: bool):
-    """The world's map labelled by `segmenter`, cached by segmenter, world and map-building code."""
-    from segloc_core import map_build, map_format
-    from segloc_core.map_build import label_and_describe, world_geometry
-    from segloc_core.map_format import load_map, save_map
+    """The world's map labelled by `segmenter` (cached: `maps.cached_world_map`)."""
+    from segloc_core.map_format import load_map
+    from segloc_core.maps import cached_world_map
     from segloc_core.paths import home
-    from segloc_core.world import load_world
 
-    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (map_build, map_format)))
-    code.update(load_world(world).config.hash().encode())
-    path = home() / "maps" / f"bench-{segmenter.model_hash}-{code.hexdigest()[:12]}.segmap"
-    if not path.is_file():
-        print(f"[bench accuracy] building the map for {segmenter.model_hash} -> {path}", file=sys.stderr)
-        save_map(label_and_describe(world_geometry(world, progress=progress), segmenter,
-                                    progress=progress), path)
-    return load_map(path)
+    out = home() / "maps" / f"bench-{segmenter.model_hash}.segmap"
+    return load_map(cached_world_map(world, segmenter, out, progress,
+                                     lambda msg: print(f"[bench accuracy] {msg}", file=sys.stderr)))
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from segloc_core import segmenters
 from segloc_core.errors import InputError
@@ -69,6 +70,31 @@ def build_map(source: MapSource, out: Path, model_path: Path | None = None,
     labeled = label_and_describe(source_geometry(source, config, progress), segmenter, config, progress)
     save_map(labeled, out)
     return labeled
+
+
+def cached_world_map(world: Path, segmenter, out: Path, progress: bool = True,
+                     announce: Callable[[str], None] = lambda _: None) -> Path:
+    """`out`: the world's mapping traversal labelled by `segmenter`, rebuilt only when the world,
+    the segmenter (its model hash) or the map-building code changed (key in `<out>.key.json`)."""
+    import hashlib
+    import json
+
+    from segloc_core import map_build, map_format
+    from segloc_core.map_build import world_geometry
+
+    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (map_build, map_format)))
+    key = {"world": json.loads((Path(world) / "world.json").read_text()).get("config_hash"),
+           "model": segmenter.model_hash, "map_code": code.hexdigest()[:16]}
+    key_file = out.with_suffix(".key.json")
+    if out.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
+        announce(f"map {out} is up to date")
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    announce(f"building the map from the mapping traversal -> {out}")
+    save_map(label_and_describe(world_geometry(Path(world), progress=progress), segmenter,
+                                progress=progress), out)
+    key_file.write_text(json.dumps(key))
+    return out
 
 
 def plot_map(m: LabeledMap, out: Path, max_points: int = 200_000) -> Path:

@@ -138,6 +138,13 @@ def _stage(cin: int, cout: int, n: int, stride: int) -> nn.Sequential:
     return nn.Sequential(*[InvertedResidual(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)])
 
 
+def gpo_windows(h: int, w: int, grid: int) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, height, width) of GPO's grid x grid half-size windows at quarter strides."""
+    wh, ww = h // 2, w // 2
+    return [((h - wh) * i // max(grid - 1, 1), (w - ww) * j // max(grid - 1, 1), wh, ww)
+            for i in range(grid) for j in range(grid)]
+
+
 class GPO(nn.Module):
     """Generalized Pooling Operator over sorted values, in M overlapping windows, per channel.
 
@@ -163,13 +170,8 @@ class GPO(nn.Module):
         """GPO of maps already average-pooled by `pool` (the inference graph has them as a level).
         All M windows are sorted in one op: a single TopK in ONNX instead of M."""
         b, k, h, w = x.shape
-        wh, ww = h // 2, w // 2
-        windows = []
-        for i in range(self.grid):
-            for j in range(self.grid):
-                y0 = (h - wh) * i // max(self.grid - 1, 1)
-                x0 = (w - ww) * j // max(self.grid - 1, 1)
-                windows.append(x[:, :, y0:y0 + wh, x0:x0 + ww].reshape(b, k, -1))
+        windows = [x[:, :, y0:y0 + wh, x0:x0 + ww].reshape(b, k, -1)
+                   for y0, x0, wh, ww in gpo_windows(h, w, self.grid)]
         vals = torch.sort(torch.stack(windows, dim=1), dim=3, descending=True).values  # (B,M,K,n)
         return (vals @ self.rank_weights(vals.shape[3])).reshape(b, -1)
 
@@ -325,5 +327,5 @@ def load_state_dict(net: SegLocNet, path, strict: bool = True) -> None:
                          f"{str(exc).splitlines()[0]} (K, width or feature_dim differ)") from exc
 
 
-__all__ = ["ModelConfig", "SegLocNet", "InferenceGraph", "LevelOutput", "NetworkOutput", "GPO",
+__all__ = ["ModelConfig", "SegLocNet", "InferenceGraph", "LevelOutput", "NetworkOutput", "GPO", "gpo_windows",
            "reduce_over_classes", "reduction_names", "count_parameters", "load_state_dict"]

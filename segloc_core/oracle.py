@@ -39,7 +39,7 @@ from scipy.ndimage import gaussian_filter
 from segloc_core.errors import InputError
 from segloc_core.geometry import Camera
 from segloc_core.infer import LevelMaps, SegmentationResult
-from segloc_core.model import ModelConfig
+from segloc_core.model import ModelConfig, gpo_windows
 from segloc_core.reductions import level_reductions
 from segloc_core.world import load_world
 from segloc_core.world.dataset import FrameRecord
@@ -112,14 +112,17 @@ def _mix(*keys: np.ndarray) -> np.ndarray:
     return h
 
 
-def pixel_labels(ids: np.ndarray, depth: np.ndarray, camera: Camera, T_world_cam, spec: OracleSpec) -> np.ndarray:
-    """(H, W) int64 fine labels of one frame (see the module docstring)."""
-    H, W = depth.shape
-    uv = camera.pixel_centers().reshape(-1, 2)
+def world_points(ids: np.ndarray, depth: np.ndarray, camera: Camera, T_world_cam) -> tuple[np.ndarray, ...]:
+    """Per pixel (flattened): world point (H*W, 3), material id (H*W,), and whether it is sky
+    (or nothing within the depth range)."""
     z = depth.reshape(-1).astype(np.float64)
-    xyz = T_world_cam.transform(camera.unproject(uv) * z[:, None])
+    xyz = T_world_cam.transform(camera.unproject(camera.pixel_centers().reshape(-1, 2)) * z[:, None])
     mat = ids.reshape(-1).astype(np.int64)
-    sky = (mat == SKY) | (z <= 0)
+    return xyz, mat, (mat == SKY) | (z <= 0)
+
+
+def place_labels(xyz: np.ndarray, mat: np.ndarray, sky: np.ndarray, spec: OracleSpec) -> np.ndarray:
+    """(n,) int64 labels of world points (see the module docstring)."""
 
     def cell_hash(size: float, salt: int) -> np.ndarray:
         c = np.floor(xyz / size).astype(np.int64)
@@ -133,7 +136,7 @@ def pixel_labels(ids: np.ndarray, depth: np.ndarray, camera: Camera, T_world_cam
     else:
         labels = (cell_hash(spec.cell_m, 0) % np.uint64(spec.K - 1)).astype(np.int64)
     labels[sky] = spec.K - 1
-    return labels.reshape(H, W)
+    return labels
 
 
 def pooled_probs(labels: np.ndarray, K: int, size_wh: tuple[int, int], blur_px: float,
@@ -156,17 +159,11 @@ def pooled_probs(labels: np.ndarray, K: int, size_wh: tuple[int, int], blur_px: 
 
 
 def window_histograms(probs: np.ndarray, grid: int = 3) -> np.ndarray:
-    """(grid^2 * K,) float32: the mean of `probs` (K, h, w) in the network's GPO windows (half-size
-    windows at quarter strides): GPO with flat rank weights."""
-    K, h, w = probs.shape
-    wh, ww = h // 2, w // 2
-    out = []
-    for i in range(grid):
-        for j in range(grid):
-            y0 = (h - wh) * i // max(grid - 1, 1)
-            x0 = (w - ww) * j // max(grid - 1, 1)
-            out.append(probs[:, y0:y0 + wh, x0:x0 + ww].mean(axis=(1, 2)))
-    return np.concatenate(out).astype(np.float32)
+    """(grid^2 * K,) float32: the mean of `probs` (K, h, w) in the network's GPO windows: GPO
+    with flat rank weights."""
+    _, h, w = probs.shape
+    return np.concatenate([probs[:, y0:y0 + wh, x0:x0 + ww].mean(axis=(1, 2))
+                           for y0, x0, wh, ww in gpo_windows(h, w, grid)]).astype(np.float32)
 
 
 class OracleSegmenter:
@@ -228,7 +225,8 @@ class OracleSegmenter:
         ids, depth = self.world.ids(rec), self.world.depth(rec)
         if depth.shape != (self.input_size[1], self.input_size[0]):
             raise InputError(f"oracle: {rec.depth_path} is {depth.shape[::-1]}, the world says {self.input_size}")
-        labels = pixel_labels(ids, depth, rec.camera, rec.T_world_cam, self.spec)
+        points = world_points(ids, depth, rec.camera, rec.T_world_cam)
+        labels = place_labels(*points, self.spec).reshape(depth.shape)
         levels = []
         for lv in range(len(self.strides)):
             K_l = self.level_K(lv)
@@ -237,8 +235,8 @@ class OracleSegmenter:
             levels.append(LevelMaps(probs, level_reductions(probs)))
         # the descriptor reads flat cell labels: with the hierarchy's 10 children per parent,
         # neighbouring cells share labels 10x more often, and retrieval lost 8 points at 5 m
-        flat = labels if not self.spec.hierarchical else pixel_labels(
-            ids, depth, rec.camera, rec.T_world_cam, dataclasses.replace(self.spec, parent_cell_m=0.0))
+        flat = labels if not self.spec.hierarchical else place_labels(
+            *points, dataclasses.replace(self.spec, parent_cell_m=0.0)).reshape(depth.shape)
         w, h = self.input_size
         gpo = pooled_probs(flat, self.K, (w // self.gpo_stride, h // self.gpo_stride), 0.0, 0.0)
         return SegmentationResult(levels, window_histograms(gpo, self.gpo_grid), self.input_size,

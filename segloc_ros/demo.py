@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -25,23 +24,10 @@ from segloc_core.evaluate import Report
 def cached_map(world: Path, model: Path | None) -> Path:
     """The default map, rebuilt only when the world, the model or the map-building code changed."""
     from segloc_core.infer import load_segmenter
-    from segloc_core.maps import MapSource, build_map
+    from segloc_core.maps import cached_world_map
 
-    from segloc_core import map_build, map_format
-
-    out = paths.map_path("default")
-    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (map_build, map_format)))
-    key = {"world": json.loads((world / "world.json").read_text()).get("config_hash"),
-           "model": load_segmenter(model).model_hash, "map_code": code.hexdigest()[:16]}
-    key_file = out.with_suffix(".key.json")
-    if out.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
-        print(f"[demo] map {out} is up to date")
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[demo] building the map from the mapping traversal -> {out}")
-    build_map(MapSource("world", world), out, model)
-    key_file.write_text(json.dumps(key))
-    return out
+    return cached_world_map(world, load_segmenter(model), paths.map_path("default"),
+                            announce=lambda msg: print(f"[demo] {msg}"))
 
 
 def default_map(model: Path | None = None) -> Path:
