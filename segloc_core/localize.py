@@ -36,7 +36,7 @@ from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
 from segloc_core.map_format import LabeledMap
 from segloc_core.refine import (GaussianPrior, LabeledPoints, LevelInput, RefineConfig,
-                                RefineResult, refine_many)
+                                RefineResult, level_labels, refine_many)
 
 if TYPE_CHECKING:
     from segloc_core.query_sets import QueryImage
@@ -228,8 +228,8 @@ class Localizer:
             return self._finish(None, T_cam_world_prior, source, "no map points near the prior")
         best, points = max(candidates, key=lambda c: (c[0].converged, c[0].consistency))
         gate_probs = levels[-2 if len(levels) > 1 else -1].probs  # read with its own labels
-        chance = chance_consistency(gate_probs, points.labels // (levels[-1].probs.shape[0]
-                                                                  // gate_probs.shape[0]))
+        chance = chance_consistency(gate_probs, level_labels(points.labels, levels[-1].probs.shape[0],
+                                                             gate_probs.shape[0]))
         return self._finish(best, T_cam_world_prior, source, self._rejection(best, chance), chance)
 
     def _groups(self, starts: Sequence[Pose]) -> list[list[Pose]]:

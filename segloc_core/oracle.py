@@ -41,6 +41,7 @@ from segloc_core.geometry import Camera
 from segloc_core.infer import LevelMaps, SegmentationResult
 from segloc_core.model import ModelConfig, gpo_windows
 from segloc_core.reductions import level_reductions
+from segloc_core.refine import level_labels
 from segloc_core.world import load_world
 from segloc_core.world.dataset import FrameRecord
 from segloc_core.world.materials import SKY
@@ -230,7 +231,7 @@ class OracleSegmenter:
         levels = []
         for lv in range(len(self.strides)):
             K_l = self.level_K(lv)
-            lab = labels // (self.spec.K // K_l)
+            lab = level_labels(labels, self.spec.K, K_l)
             probs = pooled_probs(lab, K_l, self.level_size(lv), self.spec.blur_px, self.spec.uniform)
             levels.append(LevelMaps(probs, level_reductions(probs)))
         # the descriptor reads flat cell labels: with the hierarchy's 10 children per parent,

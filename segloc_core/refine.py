@@ -46,8 +46,8 @@ from segloc_core.geometry import Camera, Pose
 from segloc_core.lm import Linearization, LMConfig, run_lm_many
 from segloc_core.reductions import REDUCTION_NAMES, dequantize, level_reductions
 
-__all__ = ["REDUCTION_NAMES", "level_reductions", "LevelInput", "LabeledPoints", "RefineConfig",
-           "RefineResult", "GaussianPrior", "refine", "refine_many", "refine_direct",
+__all__ = ["REDUCTION_NAMES", "level_reductions", "level_labels", "LevelInput", "LabeledPoints",
+           "RefineConfig", "RefineResult", "GaussianPrior", "refine", "refine_many", "refine_direct",
            "configure_bench"]
 
 _I_SUM_SQ, _I_MAX, _I_RIGHT, _I_DOWN, _I_DOWN_RIGHT, _I_DOWN_LEFT = (
@@ -608,15 +608,21 @@ def _check_inputs(levels: Sequence[LevelInput], points: LabeledPoints,
     return out
 
 
+def level_labels(labels: np.ndarray, K: int, K_level: int) -> np.ndarray:
+    """Map labels (finest level, K classes) as a level of K_level classes reads them: the parent
+    label // (K / K_level) on a coarse level of a hierarchical segmenter, else themselves."""
+    return labels if K_level == K else np.asarray(labels) // (K // K_level)
+
+
 def _subset(points: LabeledPoints, order: np.ndarray, num: int, K: int, K_level: int) -> LabeledPoints:
-    """The first `num` points of `order`, their labels read at a level of K_level classes (the
-    parent label // (K / K_level) on a coarse level of a hierarchical segmenter)."""
-    keep = np.sort(order[:num]) if num < len(order) else np.arange(len(order))
-    w = None if points.weights is None else np.asarray(points.weights)[keep]
-    labels = np.asarray(points.labels)[keep]
-    if K_level != K:
-        labels = labels // (K // K_level)
-    return LabeledPoints(np.asarray(points.xyz)[keep], labels, w)
+    """The first `num` points of `order`, their labels as a level of K_level classes reads them."""
+    if num < len(order):
+        keep = np.sort(order[:num])
+        w = None if points.weights is None else np.asarray(points.weights)[keep]
+        points = LabeledPoints(np.asarray(points.xyz)[keep], np.asarray(points.labels)[keep], w)
+    if K_level == K:
+        return points
+    return LabeledPoints(points.xyz, level_labels(points.labels, K, K_level), points.weights)
 
 
 @dataclass
