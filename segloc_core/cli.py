@@ -22,7 +22,7 @@ from segloc_core.errors import EXIT_INTERRUPTED, EXIT_OK, DependencyError, Seglo
 # name -> (module, one-line help). Library commands only; segloc_ros.cli adds the ROS ones.
 COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("segloc_core.world", "render the procedural default world; export datasets and bags"),
-    "train": ("segloc_core.train", "train the segmentation network (SegLoc or FGSN mode)"),
+    "train": ("segloc_core.train", "train the segmentation network (geometry labels, SegLoc or FGSN mode)"),
     "export": ("segloc_core.export", "export a trained model to ONNX (and TensorRT where present)"),
     "map": ("segloc_core.maps", "build, import and inspect labeled maps"),
     "retrieve": ("segloc_core.retrieval", "query a map's image database with global descriptors"),

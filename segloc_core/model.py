@@ -55,10 +55,15 @@ class ModelConfig:
     gpo_grid: int = 3  # M = gpo_grid**2 windows of half the image size at quarter-image strides
     gpo_knots: int = 8  # resolution of the learned rank-weight curve
     gpo_pool: int = 4  # average-pool factor applied to the finest map before sorting
+    # "fixed": (rgb/255 - ImageNet mean) / std; "image": each image's channels standardised by their
+    # own mean and deviation, so exposure, night darkness and colour casts do not reach the encoder
+    input_norm: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.num_classes < 2 or self.feature_dim < 2 or self.width <= 0:
             raise InputError(f"bad model config: K={self.num_classes}, D={self.feature_dim}, width={self.width}")
+        if self.input_norm not in ("fixed", "image"):
+            raise InputError(f"model input_norm must be 'fixed' or 'image', got {self.input_norm!r}")
         if tuple(self.strides) != (16, 8, 4, 2):
             raise InputError(f"model strides must be (16, 8, 4, 2), got {self.strides}")
         for name, v in (("input_width", self.input_width), ("input_height", self.input_height)):
@@ -241,7 +246,11 @@ class SegLocNet(nn.Module):
     def decode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images: (B,3,H,W) float RGB in 0..255, H and W multiples of 16 -> decoder features per
         level (coarse to fine), before the embedding."""
-        x = (images - self.rgb_mean) / self.rgb_std
+        if self.config.input_norm == "image":
+            mean = images.mean(dim=(2, 3), keepdim=True)
+            x = (images - mean) / (images.std(dim=(2, 3), keepdim=True) + 2.0)
+        else:
+            x = (images - self.rgb_mean) / self.rgb_std
         s2 = self.stem(x)
         s4 = self.enc4(s2)
         s8 = self.enc8(s4)

@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,130 +36,14 @@ import yaml
 from tqdm import tqdm
 
 from segloc_core import losses as L
+from segloc_core import train_geometry
 from segloc_core.descriptor import Whitening, fit_whitening
 from segloc_core.errors import InputError
-from segloc_core.model import ModelConfig, SegLocNet, count_parameters
+from segloc_core.model import SegLocNet, count_parameters
 from segloc_core.pairs import PairSet, colmap_pairs, synthetic_pairs, world_pairs
+from segloc_core.train_config import CONFIG_DIR, TrainConfig, TrainResult, pick_device
 
 log = logging.getLogger(__name__)
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: str = "world"  # world | colmap | synthetic
-    world: str = "default"  # world name under $SEGLOC_HOME/world or a path
-    conditions: list[str] | None = None  # None = all of the world's
-    colmap_model: str | None = None  # source=colmap: reconstruction folder and image folder
-    colmap_images: str | None = None
-    train_pairs: int = 400
-    heldout_pairs: int = 60
-    max_corr: int = 512  # correspondences kept per pair
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    epochs: int = 6
-    steps_per_epoch: int = 50
-    batch_pairs: int = 4
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    corr_per_pair: int = 128  # correspondences sampled per pair and step
-    pixels_per_image: int = 1024  # pixels per image and level in the clustering losses
-    warmup_epochs: int = 1  # Student-t targets (Eq. 4) instead of Eq. 2
-    kmeans_images: int = 32
-    seed: int = 0
-    threads: int = 2
-    device: str = "auto"  # auto | cpu | cuda
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Weights of the loss terms (0 switches a term off: the paper's ablation)."""
-
-    dc: float = 1.0
-    cc: float = 1.0
-    pc: float = 0.5
-    fc: float = 0.5
-    ms: float = 1.0
-    fc_tau: float = 0.07
-    head_tau: float = 0.1  # heads start as prototypes / head_tau
-    label_prior: str = "data"  # target update: "data" = Eq. 2 with d^p (paper), "uniform" = DDC's d^u,
-    # "sinkhorn" = balanced Sinkhorn-Knopp targets (losses.sinkhorn_targets)
-    sinkhorn_sharpen: float = 2.0
-
-
-@dataclass(frozen=True)
-class FgsnConfig:
-    recluster_every: int = 100
-    pca_dim: int = 32
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    mode: str = "segloc"  # segloc | fgsn
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    fgsn: FgsnConfig = field(default_factory=FgsnConfig)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        parts = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig,
-                 "fgsn": FgsnConfig}
-        unknown = set(d) - set(parts) - {"mode"}
-        if unknown:
-            raise InputError(f"unknown training config sections: {sorted(unknown)}")
-        kw: dict = {"mode": d.get("mode", "segloc")}
-        if kw["mode"] not in ("segloc", "fgsn"):
-            raise InputError(f"mode must be 'segloc' or 'fgsn', got {kw['mode']!r}")
-        for name, typ in parts.items():
-            sec = d.get(name) or {}
-            if typ is ModelConfig:
-                kw[name] = ModelConfig.from_dict(sec)
-                continue
-            bad = set(sec) - {f.name for f in fields(typ)}
-            if bad:
-                raise InputError(f"unknown keys in config section {name!r}: {sorted(bad)}")
-            kw[name] = typ(**sec)
-        if kw["loss"].label_prior not in ("data", "uniform", "sinkhorn"):
-            raise InputError("loss.label_prior must be 'data', 'uniform' or 'sinkhorn', "
-                             f"got {kw['loss'].label_prior!r}")
-        return cls(**kw)
-
-    @classmethod
-    def load(cls, path: Path) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file() and (CONFIG_DIR / path.name).is_file():
-            path = CONFIG_DIR / path.name
-        try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise InputError(f"cannot read training config {path}: {exc}") from exc
-        return cls.from_dict(d)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    weights: Path  # plain state dict
-    config: Path  # model.yaml
-    metrics: Path  # metrics.json
-    plot: Path
-    seconds: float  # wall time of this invocation
-    final: dict[str, float]  # last epoch's metrics
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_pairs(cfg: TrainConfig, split: str) -> PairSet:
@@ -378,6 +262,8 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train per `cfg` into `out_dir`; `resume` continues from `out_dir/checkpoint.pt`."""
+    if cfg.mode == "geometry":
+        return train_geometry.train(cfg, out_dir, resume, progress)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -485,6 +371,15 @@ def _run(args: argparse.Namespace) -> int:
     cfg = TrainConfig.load(args.config)
     if args.epochs is not None:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), "optim": {**asdict(cfg.optim), "epochs": args.epochs}})
+    if args.label_set is not None:
+        if cfg.mode != "geometry":
+            raise InputError("--label-set is for mode: geometry")
+        if not args.label_set.is_file():
+            from segloc_core.label_set import save_label_set
+
+            save_label_set(train_geometry.load_data(cfg, progress=True), args.label_set)
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "geometry": {**cfg.to_dict()["geometry"],
+                                                                   "label_set": str(args.label_set)}})
     res = train(cfg, args.out, resume=args.resume)
     print(json.dumps({"weights": str(res.weights), "config": str(res.config), "metrics": str(res.metrics),
                       "plot": str(res.plot), "seconds": round(res.seconds, 1), "final": res.final}))
@@ -497,4 +392,7 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (checkpoint, model.pt, metrics)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
+    parser.add_argument("--label-set", type=Path, default=None,
+                        help="mode geometry: train on this saved label set (.npz); built and saved there first "
+                             "if it does not exist (a cache, and what a GPU machine without a renderer needs)")
     parser.set_defaults(func=_run)
