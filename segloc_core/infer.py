@@ -34,6 +34,7 @@ from segloc_core.errors import DependencyError, InputError, require
 from segloc_core.geometry import Camera
 from segloc_core.model import InferenceGraph, ModelConfig, reduction_names
 from segloc_core.paths import default_model_path, home
+from segloc_core.place_labels import PlaceCells
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,9 @@ class Segmenter(ABC):
     def __init__(self, files: ModelFiles, model_hash: str):
         self.files, self.config, self.model_hash = files, files.config, model_hash
         self.K = files.config.num_classes
+        # a geometry-label model names the place cells it predicts; map points then take their
+        # label from their position (segloc_core.map_build), not from a vote
+        self.place_cells = PlaceCells.parse(files.config.place_cells) if files.config.place_cells else None
         self.input_size = (files.config.input_width, files.config.input_height)
 
     @abstractmethod

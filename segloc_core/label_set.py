@@ -1,8 +1,8 @@
 """Training images with geometry labels: every pixel labelled by the place its 3D point lies in.
 
 The geometry-label model (`segloc train` with `mode: geometry`) learns to predict, under every
-condition, the label of the world cell a pixel sees (`segloc_core.oracle.place_labels`: a hash of
-the 1 m cell, its 4 m parent in the high digit). On the rendered world the 3D point of a pixel
+condition, the label of the world cell a pixel sees (`segloc_core.place_labels.PlaceCells`: a hash
+of the cell, optionally with a coarser parent cell in the high digit). On the rendered world the 3D point of a pixel
 comes from its depth and pose; `jitter_views` re-renders each frame from nearby poses (sideways,
 forward, up, yaw and pitch), so that the labels cannot be read off the image position of one
 fixed drive (the shortcut the self-supervised model took). Dynamic objects (parked cars, bins) are
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
+from segloc_core.place_labels import PlaceCells, world_points
 
 IGNORE = 255
 
@@ -44,13 +45,13 @@ class LabelSet:
         return LabelSet(self.images[idx], self.labels[idx], [self.names[i] for i in idx], self.T_world_cam[idx])
 
 
-def frame_labels(ids: np.ndarray, depth: np.ndarray, camera, T_world_cam: Pose, spec, material: bool) -> np.ndarray:
-    """(H,W) uint8 geometry labels of one rendered view (`spec`: an OracleSpec with K <= 255)."""
-    from segloc_core.oracle import place_labels, world_points
+def frame_labels(ids: np.ndarray, depth: np.ndarray, camera, T_world_cam: Pose, cells: PlaceCells,
+                 material: bool) -> np.ndarray:
+    """(H,W) uint8 geometry labels of one rendered view (K <= 255)."""
     from segloc_core.world.materials import DYNAMIC_IDS
 
     xyz, mat, sky = world_points(ids, depth, camera, T_world_cam)
-    labels = place_labels(xyz, mat if material else np.zeros_like(mat), sky, spec)
+    labels = cells.labels(xyz, mat if material else None, sky)
     labels[np.isin(mat, DYNAMIC_IDS)] = IGNORE
     return labels.reshape(depth.shape).astype(np.uint8)
 
@@ -63,15 +64,15 @@ def jitter_pose(T_world_cam: Pose, rng: np.random.Generator, shift_m: float, tur
     return T_world_cam @ Pose.from_rotvec(rot, t)
 
 
-def world_label_set(world_dir: Path, conditions: list[str], spec, material: bool = False, jitter_views: int = 1,
+def world_label_set(world_dir: Path, conditions: list[str], cells: PlaceCells, material: bool = False, jitter_views: int = 1,
                     shift_m: float = 1.5, turn_deg: float = 10.0, seed: int = 0, progress: bool = True) -> LabelSet:
     """Every frame of `conditions` of a rendered world plus `jitter_views` re-rendered nearby
     views of each, with their geometry labels."""
     from segloc_core.world import load_world
     from segloc_core.world.dataset import WorldRenderer
 
-    if spec.K > IGNORE:
-        raise InputError(f"geometry labels are stored as bytes: K={spec.K} must be <= {IGNORE}")
+    if cells.K > IGNORE:
+        raise InputError(f"geometry labels are stored as bytes: K={cells.K} must be <= {IGNORE}")
     ds = load_world(world_dir)
     missing = set(conditions) - set(ds.conditions)
     if missing or not conditions:
@@ -84,14 +85,14 @@ def world_label_set(world_dir: Path, conditions: list[str], spec, material: bool
         for rec in tqdm(recs, desc="geometry labels", disable=not progress, leave=False):
             T = rec.T_world_cam
             images.append(ds.rgb(rec))
-            labels.append(frame_labels(ds.ids(rec), ds.depth(rec), rec.camera, T, spec, material))
+            labels.append(frame_labels(ds.ids(rec), ds.depth(rec), rec.camera, T, cells, material))
             names.append(f"{rec.condition}/{rec.index:06d}")
             poses.append(T.matrix())
             for j in range(jitter_views):
                 Tj = jitter_pose(T, rng, shift_m, turn_deg)
                 view = renderer.render(rec.condition, Tj.inv())
                 images.append(view.rgb)
-                labels.append(frame_labels(view.ids, view.depth, rec.camera, Tj, spec, material))
+                labels.append(frame_labels(view.ids, view.depth, rec.camera, Tj, cells, material))
                 names.append(f"{rec.condition}/{rec.index:06d}/j{j}")
                 poses.append(Tj.matrix())
     finally:

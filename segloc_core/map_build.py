@@ -7,7 +7,9 @@ segmentation model once per database image: the finest level's class probabiliti
 observation give that observation's vote, and the image's raw global descriptor is kept. A point
 takes the label most of its observations voted for; the winning share is its confidence, and
 points below `BuildConfig.min_agreement` are dropped (an unstable label would mislead the refiner
-more than a missing point). Descriptors are PCA-whitened on the database (`descriptor.fit_whitening`).
+more than a missing point). A model trained on place cells (`ModelConfig.place_cells`, mode
+geometry) predicts the labels of known cells: its map points take their cell's label from their
+position (confidence 1), exactly what the network was trained to see there. Descriptors are PCA-whitened on the database (`descriptor.fit_whitening`).
 """
 
 from __future__ import annotations
@@ -155,12 +157,17 @@ def _camera_table(cameras: Sequence[Camera]) -> tuple[Cameras, np.ndarray]:
 
 def label_and_describe(geometry: MapGeometry, segmenter: SegmenterLike,
                        config: BuildConfig = BuildConfig(), progress: bool = True) -> LabeledMap:
-    """Segment every database image once: vote point labels, whiten the image descriptors."""
+    """Segment every database image once: vote point labels (or, for a model trained on place
+    cells, label each point by its cell), whiten the image descriptors."""
     cameras, camera_index = _camera_table(geometry.cameras)
     lookup = SegmenterLookup(segmenter, geometry, camera_index)
-    labels, agreement = vote_labels(geometry.observations, lookup, len(geometry.xyz_m), progress)
-    for i in range(len(geometry.names)):  # images that observe no point still need a descriptor
-        if i not in lookup.descriptors:
+    cells = getattr(segmenter, "place_cells", None)
+    if cells is not None:
+        labels, agreement = cells.labels(geometry.xyz_m), np.ones(len(geometry.xyz_m), np.float32)
+    else:
+        labels, agreement = vote_labels(geometry.observations, lookup, len(geometry.xyz_m), progress)
+    for i in tqdm(range(len(geometry.names)), desc="describe", unit="img", disable=not progress or cells is None):
+        if i not in lookup.descriptors:  # images that observe no point still need a descriptor
             lookup.segment(i)
     raw = np.stack([lookup.descriptors[i] for i in range(len(geometry.names))])
     return finish_map(geometry, labels, agreement, raw, segmenter.K, segmenter.model_hash, config)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segloc_core.errors import InputError
+from segloc_core.place_labels import PlaceCells
 
 # ImageNet-like normalisation constants; the network sees (rgb/255 - mean) / std.
 RGB_MEAN = (0.485, 0.456, 0.406)
@@ -58,12 +59,18 @@ class ModelConfig:
     # "fixed": (rgb/255 - ImageNet mean) / std; "image": each image's channels standardised by their
     # own mean and deviation, so exposure, night darkness and colour casts do not reach the encoder
     input_norm: str = "fixed"
+    # "": the labels are learned clusters (self-supervised modes); else the place cells
+    # (`segloc_core.place_labels.PlaceCells`, "CELL_M,K,PARENT_CELL_M,PARENTS") whose labels the
+    # network was trained to predict: map points then take their label from their position
+    place_cells: str = ""
 
     def __post_init__(self) -> None:
         if self.num_classes < 2 or self.feature_dim < 2 or self.width <= 0:
             raise InputError(f"bad model config: K={self.num_classes}, D={self.feature_dim}, width={self.width}")
         if self.input_norm not in ("fixed", "image"):
             raise InputError(f"model input_norm must be 'fixed' or 'image', got {self.input_norm!r}")
+        if self.place_cells and PlaceCells.parse(self.place_cells).K != self.num_classes:
+            raise InputError(f"model place_cells {self.place_cells!r} has another K than num_classes={self.num_classes}")
         if tuple(self.strides) != (16, 8, 4, 2):
             raise InputError(f"model strides must be (16, 8, 4, 2), got {self.strides}")
         for name, v in (("input_width", self.input_width), ("input_height", self.input_height)):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -40,104 +39,46 @@ from segloc_core.errors import InputError
 from segloc_core.geometry import Camera
 from segloc_core.infer import LevelMaps, SegmentationResult
 from segloc_core.model import ModelConfig, gpo_windows
+from segloc_core.place_labels import PlaceCells, world_points
 from segloc_core.reductions import level_reductions
 from segloc_core.refine import level_labels
 from segloc_core.world import load_world
 from segloc_core.world.dataset import FrameRecord
-from segloc_core.world.materials import SKY
 
-_SPEC = re.compile(r"^oracle(?::([^,]+)(?:,([^,]+))?(?:,([^,]+))?(?:,([^,]+))?)?$")
 
 
 @dataclass(frozen=True)
 class OracleSpec:
-    """cell_m: fine cell (m); K: labels; parent_cell_m: coarse cell (0: flat labels on every
-    level); parents: labels of the coarse levels (K must be a multiple); coarse_levels: how many of
-    the coarsest levels read the parent label."""
+    """The place cells (`segloc_core.place_labels`; the material id is mixed into the hash) and how
+    they become probabilities: coarse_levels = how many of the coarsest levels read the parent
+    label, blur and uniform mix."""
 
-    cell_m: float = 1.0
-    K: int = 100
-    parent_cell_m: float = 4.0
-    parents: int = 10
+    cells: PlaceCells = PlaceCells(1.0, 100, 4.0, 10)
     coarse_levels: int = 2
     blur_px: float = 1.0
     uniform: float = 0.05
-    seed: int = 0
 
-    def __post_init__(self) -> None:
-        if not (self.cell_m > 0 and 2 <= self.K <= 256):
-            raise InputError(f"oracle: cell must be > 0 m and K in [2, 256], got {self.cell_m}, {self.K}")
-        if self.hierarchical:
-            if self.parents < 2 or self.K % self.parents or self.K // self.parents < 2:
-                raise InputError(f"oracle: K={self.K} must be a multiple of parents={self.parents} "
-                                 "with at least 2 children each")
-            if self.parent_cell_m < self.cell_m:
-                raise InputError(f"oracle: parent cell {self.parent_cell_m} m is finer than the "
-                                 f"cell {self.cell_m} m")
+    @property
+    def K(self) -> int:
+        return self.cells.K
 
     @property
     def hierarchical(self) -> bool:
-        return self.parent_cell_m > 0
+        return self.cells.hierarchical
 
     @classmethod
     def parse(cls, text: str) -> OracleSpec:
         """`oracle[:CELL_M[,K[,PARENT_CELL_M[,PARENTS]]]]`, e.g. `oracle:1,100` (4 m parents, 10 of
         them) or `oracle:1,100,0` (flat labels on every level, as in the oracle study)."""
-        m = _SPEC.match(text.strip())
-        if not m:
+        text = text.strip()
+        if text == "oracle":
+            return cls()
+        if not text.startswith("oracle:"):
             raise InputError(f"segmenter {text!r}: expected oracle[:CELL_M[,K[,PARENT_CELL_M[,PARENTS]]]]")
-        d = cls()
-        try:
-            return cls(float(m[1]) if m[1] else d.cell_m, int(m[2]) if m[2] else d.K,
-                       float(m[3]) if m[3] else d.parent_cell_m, int(m[4]) if m[4] else d.parents)
-        except ValueError as exc:
-            raise InputError(f"segmenter {text!r}: {exc}") from exc
+        return cls(PlaceCells.parse(text[len("oracle:"):], cls().cells))
 
     def name(self) -> str:
-        tail = f",{self.parent_cell_m:g},{self.parents}" if self.hierarchical else ",0"
-        return f"oracle:{self.cell_m:g},{self.K}{tail}"
-
-
-def _mix(*keys: np.ndarray) -> np.ndarray:
-    """A well-spread uint64 hash of integer arrays (splitmix64 finaliser over a running mix)."""
-    h = np.zeros(np.broadcast(*keys).shape, np.uint64)
-    with np.errstate(over="ignore"):
-        for k in keys:
-            h ^= np.asarray(k).astype(np.int64).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) \
-                + (h << np.uint64(6)) + (h >> np.uint64(2))
-            h ^= h >> np.uint64(30)
-            h *= np.uint64(0xBF58476D1CE4E5B9)
-            h ^= h >> np.uint64(27)
-            h *= np.uint64(0x94D049BB133111EB)
-            h ^= h >> np.uint64(31)
-    return h
-
-
-def world_points(ids: np.ndarray, depth: np.ndarray, camera: Camera, T_world_cam) -> tuple[np.ndarray, ...]:
-    """Per pixel (flattened): world point (H*W, 3), material id (H*W,), and whether it is sky
-    (or nothing within the depth range)."""
-    z = depth.reshape(-1).astype(np.float64)
-    xyz = T_world_cam.transform(camera.unproject(camera.pixel_centers().reshape(-1, 2)) * z[:, None])
-    mat = ids.reshape(-1).astype(np.int64)
-    return xyz, mat, (mat == SKY) | (z <= 0)
-
-
-def place_labels(xyz: np.ndarray, mat: np.ndarray, sky: np.ndarray, spec: OracleSpec) -> np.ndarray:
-    """(n,) int64 labels of world points (see the module docstring)."""
-
-    def cell_hash(size: float, salt: int) -> np.ndarray:
-        c = np.floor(xyz / size).astype(np.int64)
-        return _mix(np.full_like(mat, spec.seed * 7919 + salt), mat, c[:, 0], c[:, 1], c[:, 2])
-
-    if spec.hierarchical:
-        B = spec.K // spec.parents
-        parent = (cell_hash(spec.parent_cell_m, 1) % np.uint64(spec.parents - 1)).astype(np.int64)
-        child = (cell_hash(spec.cell_m, 2) % np.uint64(B)).astype(np.int64)
-        labels = parent * B + child
-    else:
-        labels = (cell_hash(spec.cell_m, 0) % np.uint64(spec.K - 1)).astype(np.int64)
-    labels[sky] = spec.K - 1
-    return labels
+        return f"oracle:{self.cells.name()}"
 
 
 def pooled_probs(labels: np.ndarray, K: int, size_wh: tuple[int, int], blur_px: float,
@@ -181,7 +122,7 @@ class OracleSegmenter:
         self.strides = tuple(config.strides)
         self.gpo_stride = config.strides[-1] * config.gpo_pool
         self.gpo_grid = config.gpo_grid
-        key = f"{spec.name()}|{spec.blur_px}|{spec.uniform}|{spec.seed}|{self.world.config.hash()}"
+        key = f"{spec.name()}|{spec.blur_px}|{spec.uniform}|{spec.cells.seed}|{self.world.config.hash()}"
         self.model_hash = "oracle-" + hashlib.sha256(key.encode()).hexdigest()[:9]
         self._by_stamp: dict[int, FrameRecord] = {}
         self._by_path: dict[Path, FrameRecord] = {}
@@ -199,7 +140,7 @@ class OracleSegmenter:
     def level_K(self, level: int) -> int:
         """Channels of `level`: the parents on the `coarse_levels` coarsest levels, else K."""
         coarse = self.spec.hierarchical and level < self.spec.coarse_levels
-        return self.spec.parents if coarse else self.spec.K
+        return self.spec.cells.parents if coarse else self.spec.K
 
     def level_camera(self, camera: Camera, level: int) -> Camera:
         return camera.scaled_to(*self.level_size(level))
@@ -227,7 +168,7 @@ class OracleSegmenter:
         if depth.shape != (self.input_size[1], self.input_size[0]):
             raise InputError(f"oracle: {rec.depth_path} is {depth.shape[::-1]}, the world says {self.input_size}")
         points = world_points(ids, depth, rec.camera, rec.T_world_cam)
-        labels = place_labels(*points, self.spec).reshape(depth.shape)
+        labels = self.spec.cells.labels(*points).reshape(depth.shape)
         levels = []
         for lv in range(len(self.strides)):
             K_l = self.level_K(lv)
@@ -236,8 +177,8 @@ class OracleSegmenter:
             levels.append(LevelMaps(probs, level_reductions(probs)))
         # the descriptor reads flat cell labels: with the hierarchy's 10 children per parent,
         # neighbouring cells share labels 10x more often, and retrieval lost 8 points at 5 m
-        flat = labels if not self.spec.hierarchical else place_labels(
-            *points, dataclasses.replace(self.spec, parent_cell_m=0.0)).reshape(depth.shape)
+        flat = labels if not self.spec.hierarchical else dataclasses.replace(
+            self.spec.cells, parent_cell_m=0.0).labels(*points).reshape(depth.shape)
         w, h = self.input_size
         gpo = pooled_probs(flat, self.K, (w // self.gpo_stride, h // self.gpo_stride), 0.0, 0.0)
         return SegmentationResult(levels, window_histograms(gpo, self.gpo_grid), self.input_size,

@@ -15,6 +15,7 @@ import yaml
 
 from segloc_core.errors import InputError
 from segloc_core.model import ModelConfig
+from segloc_core.place_labels import PlaceCells
 
 MODES = ("segloc", "fgsn", "geometry")
 
@@ -95,6 +96,7 @@ class GeometryConfig:
     scale_range: tuple[float, float] = (0.8, 1.25)
     rotate_deg: float = 5.0
     label_set: str | None = None  # a saved label set (.npz) to train on instead of rendering one
+    init_weights: str | None = None  # start from these weights (a state dict of the same model shape)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,15 @@ class TrainConfig:
             if typ is GeometryConfig and "scale_range" in sec:
                 sec = {**sec, "scale_range": tuple(sec["scale_range"])}
             kw[name] = typ(**sec)
+        if kw["mode"] == "geometry":  # the model records which labels it learns (map build reads them)
+            g = kw["geometry"]
+            cells = PlaceCells(g.cell_m, kw["model"].num_classes, g.parent_cell_m, g.parents).name()
+            if kw["model"].place_cells not in ("", cells):
+                raise InputError(f"model.place_cells {kw['model'].place_cells!r} disagrees with the geometry "
+                                 f"section ({cells})")
+            kw["model"] = ModelConfig.from_dict({**kw["model"].to_dict(), "place_cells": cells})
+        elif kw["model"].place_cells:
+            raise InputError("model.place_cells is set by mode: geometry only")
         if kw["loss"].label_prior not in ("data", "uniform", "sinkhorn"):
             raise InputError("loss.label_prior must be 'data', 'uniform' or 'sinkhorn', "
                              f"got {kw['loss'].label_prior!r}")

@@ -34,18 +34,16 @@ from tqdm import tqdm
 
 from segloc_core.errors import InputError
 from segloc_core.label_set import IGNORE, LabelSet, load_label_set, world_label_set
-from segloc_core.model import SegLocNet, count_parameters
+from segloc_core.model import SegLocNet, count_parameters, load_state_dict
+from segloc_core.place_labels import PlaceCells
 from segloc_core.train_config import TrainConfig, TrainResult, pick_device
 
 log = logging.getLogger(__name__)
 
 
-def label_spec(cfg: TrainConfig):
-    """The OracleSpec whose place labels the network learns."""
-    from segloc_core.oracle import OracleSpec
-
-    g = cfg.geometry
-    return OracleSpec(cell_m=g.cell_m, K=cfg.model.num_classes, parent_cell_m=g.parent_cell_m, parents=g.parents)
+def label_spec(cfg: TrainConfig) -> PlaceCells:
+    """The place cells whose labels the network learns (also in its config: `model.place_cells`)."""
+    return PlaceCells.parse(cfg.model.place_cells)
 
 
 def load_data(cfg: TrainConfig, progress: bool) -> LabelSet:
@@ -61,6 +59,17 @@ def load_data(cfg: TrainConfig, progress: bool) -> LabelSet:
     conds = list(cfg.data.conditions or load_world(path).conditions)
     return world_label_set(path, conds, label_spec(cfg), g.material, g.jitter_views, g.shift_m, g.turn_deg,
                            cfg.optim.seed, progress)
+
+
+def resized(ls: LabelSet, size_wh: tuple[int, int]) -> LabelSet:
+    """The set at the model's input size (images area-averaged, labels nearest)."""
+    import cv2
+
+    if ls.images.shape[2:0:-1] == tuple(size_wh):
+        return ls
+    images = np.stack([cv2.resize(im, size_wh, interpolation=cv2.INTER_AREA) for im in ls.images])
+    labels = np.stack([cv2.resize(lb, size_wh, interpolation=cv2.INTER_NEAREST) for lb in ls.labels])
+    return LabelSet(images, labels, ls.names, ls.T_world_cam)
 
 
 def split(ls: LabelSet, every: int) -> tuple[LabelSet, LabelSet]:
@@ -186,15 +195,14 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     g = cfg.geometry
-    data = load_data(cfg, progress)
-    if data.images.shape[1:3] != (cfg.model.input_height, cfg.model.input_width):
-        raise InputError(f"label set images are {data.images.shape[2]}x{data.images.shape[1]}, the model takes "
-                         f"{cfg.model.input_width}x{cfg.model.input_height}")
+    data = resized(load_data(cfg, progress), (cfg.model.input_width, cfg.model.input_height))
     train_set, held = split(data, g.heldout_every)
     log.info("%d training views, %d held out", len(train_set), len(held))
     images = torch.from_numpy(train_set.images).to(device)
     labels = torch.from_numpy(train_set.labels).to(device)
     net = SegLocNet(cfg.model).to(device)
+    if g.init_weights:
+        load_state_dict(net, Path(g.init_weights))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     total_steps = cfg.optim.epochs * cfg.optim.steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total_steps, 1))))

@@ -27,7 +27,7 @@ def tiny(tmp_path_factory):
 def test_spec_parsing_and_errors():
     assert OracleSpec.parse("oracle") == OracleSpec()
     s = OracleSpec.parse("oracle:2,60,8,6")
-    assert (s.cell_m, s.K, s.parent_cell_m, s.parents) == (2.0, 60, 8.0, 6)
+    assert (s.cells.cell_m, s.K, s.cells.parent_cell_m, s.cells.parents) == (2.0, 60, 8.0, 6)
     assert not OracleSpec.parse("oracle:1,100,0").hierarchical
     for bad in ("orcle:1", "oracle:x,100", "oracle:1,100,4,7", "oracle:1,300", "oracle:4,100,1,10"):
         with pytest.raises(InputError):
