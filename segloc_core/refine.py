@@ -487,10 +487,12 @@ class _LevelObjective:
             return 0, 0.0
         near = cell.corners[0] + (cell.fx >= 0.5) + self.W * (cell.fy >= 0.5)
         py = probs.reshape(-1)[self.labels[ok] * self.H * self.W + near]
-        if probs.dtype == np.uint8:
+        tol = np.float32(1e-6)
+        if probs.dtype == np.uint8:  # p_y was rounded to 1/255, max_prob (a float reduction) was not
             py = py * np.float32(1.0 / 255.0)
+            tol += np.float32(0.5 / 255.0)
         maxp = reductions[_I_MAX].reshape(-1)[near]
-        return len(ok), float(np.mean(py >= maxp - 1e-6))
+        return len(ok), float(np.mean(py >= maxp - tol))
 
 
 class _PriorObjective:

@@ -371,9 +371,14 @@ def _run(args: argparse.Namespace) -> int:
     cfg = TrainConfig.load(args.config)
     if args.epochs is not None:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), "optim": {**asdict(cfg.optim), "epochs": args.epochs}})
+    if (args.label_set or args.init) and cfg.mode != "geometry":
+        raise InputError("--label-set and --init are for mode: geometry")
+    if args.init is not None:
+        if not args.init.is_file():
+            raise InputError(f"--init {args.init}: no such file")
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "geometry": {**cfg.to_dict()["geometry"],
+                                                                   "init_weights": str(args.init)}})
     if args.label_set is not None:
-        if cfg.mode != "geometry":
-            raise InputError("--label-set is for mode: geometry")
         if not args.label_set.is_file():
             from segloc_core.label_set import save_label_set
 
@@ -392,6 +397,8 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (checkpoint, model.pt, metrics)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="mode geometry: start from these weights (model.pt or a checkpoint.pt of the same shape)")
     parser.add_argument("--label-set", type=Path, default=None,
                         help="mode geometry: train on this saved label set (.npz); built and saved there first "
                              "if it does not exist (a cache, and what a GPU machine without a renderer needs)")

@@ -216,6 +216,24 @@ def test_quantized_maps_converge(scene_data):
     assert res.converged and dt < 0.02 and dr < 0.15
 
 
+def test_consistency_is_the_same_on_quantized_maps(scene_data):
+    """The argmax test compares a rounded p_y (uint8) with the float max_prob reduction: without
+    half a quantum of tolerance about half the right points failed it (graph fixes rejected)."""
+    labels_q, points = scene_data
+    rng = np.random.default_rng(3)
+    flat = []
+    for lv in _levels(labels_q, blur_px=1.0):  # spread, un-round probabilities, as a network's are
+        p = lv.probs + rng.uniform(0, 0.05, lv.probs.shape).astype(np.float32)
+        p /= p.sum(0, keepdims=True)
+        flat.append(LevelInput(p, level_reductions(p), lv.camera))
+    quant = [LevelInput(np.clip(np.rint(lv.probs * 255), 0, 255).astype(np.uint8), lv.reductions, lv.camera)
+             for lv in flat]
+    a = refine(flat, points, T_QUERY)
+    b = refine(quant, points, T_QUERY)
+    assert a.consistency > 0.5
+    assert abs(a.consistency - b.consistency) < 0.03
+
+
 def test_covariance_shrinks_with_more_points(scene_data):
     labels_q, points = scene_data
     levels = _levels(labels_q)
