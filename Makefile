@@ -54,6 +54,8 @@ $(STAMPS)/package: $(STAMPS)/interfaces setup.py setup.cfg package.xml
 	@touch $@
 
 test: setup
+	$(VENV)/bin/ruff check .
+	cd $(CURDIR) && $(VENV)/bin/lint-imports
 	$(PY) -m pytest -q test
 
 demo: setup

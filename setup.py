@@ -30,7 +30,7 @@ setup(
             "segmentation_node = segloc_ros.nodes.segmentation_node:main",
             "retrieval_node = segloc_ros.nodes.retrieval_node:main",
             "refiner_node = segloc_ros.nodes.refiner_node:main",
-            "lifecycle_manager = segloc_ros.lifecycle_manager:main",
+            "lifecycle_manager = segloc_ros.nodes.lifecycle_manager:main",
         ],
     },
 )

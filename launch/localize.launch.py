@@ -5,11 +5,11 @@ project's own launcher (`segloc launch`, for pip-only installs) uses too: one de
 three nodes are lifecycle nodes; the graph's `lifecycle_manager` configures and activates them.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from launch import LaunchDescription
 from segloc_ros.graph import LAUNCH_ARGUMENTS, PACKAGE, localize_graph, ros_environment
 from segloc_ros.params import validate_params_file
 

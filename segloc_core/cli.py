@@ -15,29 +15,29 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from segloc_core.errors import EXIT_INTERRUPTED, EXIT_OK, DependencyError, SeglocError
 
 # name -> (module, one-line help). Library commands only; segloc_ros.cli adds the ROS ones.
 COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("segloc_core.world", "render the procedural default world; export datasets and bags"),
-    "train": ("segloc_core.train", "train the segmentation network (geometry labels, SegLoc or FGSN mode)"),
-    "export": ("segloc_core.export", "export a trained model to ONNX (and TensorRT where present)"),
-    "map": ("segloc_core.maps", "build, import and inspect labeled maps"),
-    "retrieve": ("segloc_core.retrieval", "query a map's image database with global descriptors"),
-    "localize": ("segloc_core.localize", "localize query images (kapture/COLMAP folder) against a map"),
-    "eval": ("segloc_core.evaluate", "evaluate segmentation or localization against ground truth"),
+    "train": ("segloc_core.net.train", "train the segmentation network (geometry labels, SegLoc or FGSN mode)"),
+    "export": ("segloc_core.net.export", "export a trained model to ONNX (and TensorRT where present)"),
+    "map": ("segloc_core.maps.cli", "build, import and inspect labeled maps"),
+    "retrieve": ("segloc_core.eval.retrieve", "query a map's image database with global descriptors"),
+    "localize": ("segloc_core.localize.localizer", "localize query images (kapture/COLMAP folder) against a map"),
+    "eval": ("segloc_core.eval.evaluate", "evaluate segmentation or localization against ground truth"),
     "bench": ("segloc_core.cli", "speed and accuracy benchmarks (JSON on the last line)"),
 }
 
 # benchmark name -> (module, one-line help)
 BENCHES: dict[str, tuple[str, str]] = {
-    "accuracy": ("segloc_core.accuracy_bench", "end-to-end localization: the oracle ceiling vs the model, label metrics"),
-    "refine": ("segloc_core.refine", "label-consistency refiner: speed vs K and the direct baseline, accuracy"),
-    "world": ("segloc_core.world", "world rendering frame rate at 320x240 and 640x480"),
-    "segment": ("segloc_core.infer", "segmentation ms per frame for each available backend"),
-    "retrieval": ("segloc_core.retrieval", "faiss query time for 1k, 10k and 100k database images"),
+    "accuracy": ("segloc_core.bench.accuracy", "end-to-end localization: the oracle ceiling vs the model, label metrics"),
+    "refine": ("segloc_core.bench.refine", "label-consistency refiner: speed vs K and the direct baseline, accuracy"),
+    "world": ("segloc_core.bench.world", "world rendering frame rate at 320x240 and 640x480"),
+    "segment": ("segloc_core.bench.segment", "segmentation ms per frame for each available backend"),
+    "retrieval": ("segloc_core.bench.retrieval", "faiss query time for 1k, 10k and 100k database images"),
 }
 
 

@@ -19,7 +19,7 @@ say which kind a map or a model has, each beside the value a trivial labelling w
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -2,10 +2,10 @@
 
 Why: what localizes is labels specific to 1-5 m of the world and the same under every condition
 (oracle study in the ceiling issue). Two users of the one rule:
-- the oracle segmenter (`segloc_core.oracle`, a diagnostic), which mixes the rendered material id in;
-- the geometry-label model (`segloc_core.train_geometry`), trained to predict the labels of the
+- the oracle segmenter (`segloc_core.net.oracle`, a diagnostic), which mixes the rendered material id in;
+- the geometry-label model (`segloc_core.net.train_geometry`), trained to predict the labels of the
   cells its pixels see from their position alone, and whose maps take each point's label from its
-  position by the same rule (`segloc_core.map_build`). A model says which rule it learned in its
+  position by the same rule (`segloc_core.maps.build`). A model says which rule it learned in its
   config (`ModelConfig.place_cells`).
 
 A label is a hash of the `cell_m` cell (mod K-1; K-1 is sky / nothing within range). Hierarchical
@@ -105,12 +105,7 @@ def _mix(*keys: np.ndarray) -> np.ndarray:
     return h
 
 
-def world_points(ids: np.ndarray, depth: np.ndarray, camera, T_world_cam) -> tuple[np.ndarray, ...]:
-    """Per pixel of a rendered view (flattened): world point (H*W, 3), material id (H*W,), and
-    whether it is sky (or nothing within the depth range)."""
-    from segloc_core.world.materials import SKY
-
-    z = depth.reshape(-1).astype(np.float64)
-    xyz = T_world_cam.transform(camera.unproject(camera.pixel_centers().reshape(-1, 2)) * z[:, None])
-    mat = ids.reshape(-1).astype(np.int64)
-    return xyz, mat, (mat == SKY) | (z <= 0)
+def level_labels(labels: np.ndarray, K: int, K_level: int) -> np.ndarray:
+    """Map labels (finest level, K classes) as a level of K_level classes reads them: the parent
+    label // (K / K_level) on a coarse level of a hierarchical segmenter, else themselves."""
+    return labels if K_level == K else np.asarray(labels) // (K // K_level)

@@ -1,5 +1,5 @@
 """The localization node graph, described once for `ros2 launch` and for the project's launcher:
-the three lifecycle nodes and `segloc_ros.lifecycle_manager`, which drives their transitions.
+the three lifecycle nodes and `segloc_ros.nodes.lifecycle_manager`, which drives their transitions.
 
 `launch/localize.launch.py` turns `localize_graph()` into launch_ros Node actions; `segloc launch`
 (for pip-only installs without launch_ros) turns the same description into processes. Both take the
@@ -9,9 +9,10 @@ same `name:=value` launch arguments, defined in LAUNCH_ARGUMENTS.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from segloc_core.errors import InputError
 from segloc_ros.params import NODE_PARAMS, ParamSpec
@@ -142,7 +143,7 @@ def localize_graph(values: Mapping[str, str]) -> Graph:
     graph = Graph(args["namespace"].strip("/"), tuple(files), nodes)
     # the lifecycle nodes wait for configure/activate: the manager brings them (and respawned
     # ones) up; it exits when a node cannot configure, which stops the graph (no respawn)
-    manager = NodeSpec("lifecycle_manager", "lifecycle_manager", "segloc_ros.lifecycle_manager",
+    manager = NodeSpec("lifecycle_manager", "lifecycle_manager", "segloc_ros.nodes.lifecycle_manager",
                        (), {"use_sim_time": sim_time}, respawn=False,
                        arguments=tuple(graph.fqn(node) for node in nodes))
     return Graph(graph.namespace, graph.params_files, (*nodes, manager))

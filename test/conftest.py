@@ -15,7 +15,7 @@ os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fa
 
 
 def _build(root: Path, config, build_config) -> dict:
-    from segloc_core.maps import MapSource, build_map
+    from segloc_core.maps.cli import MapSource, build_map
     from segloc_core.paths import default_model_path
     from segloc_core.world import load_world, render_world, write_world_bag
 
@@ -31,7 +31,7 @@ def _build(root: Path, config, build_config) -> dict:
 def graph_assets(tmp_path_factory):
     """The default world's layout at 320x240: 50 frames at 5 Hz of summer (map, built with the
     shipped model) and overcast (a bag), for tests that run the node graph."""
-    from segloc_core.map_build import BuildConfig
+    from segloc_core.maps.build import BuildConfig
     from segloc_core.world import WorldConfig
 
     config = WorldConfig(frame_rate_hz=5.0, max_frames=50, conditions=("summer", "overcast"),
@@ -42,7 +42,7 @@ def graph_assets(tmp_path_factory):
 @pytest.fixture(scope="session")
 def long_bag_assets(tmp_path_factory):
     """1000 frames at 25 Hz, 160x120 (a whole loop): the long-replay memory check."""
-    from segloc_core.map_build import BuildConfig
+    from segloc_core.maps.build import BuildConfig
     from segloc_core.world import WorldConfig
 
     config = WorldConfig(width=160, height=120, frame_rate_hz=25.0, max_frames=1000,

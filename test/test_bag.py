@@ -21,8 +21,8 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from segloc_core.errors import InputError
-from segloc_ros.bag import message_class, play_bag, record_bag, typestore_for
 from segloc_ros.graph import ros_environment
+from segloc_ros.tools.bag import message_class, play_bag, record_bag, typestore_for
 
 STORE = get_typestore(Stores.ROS2_KILTED)
 T0_NS = 1_700_000_000_000_000_000
@@ -331,11 +331,11 @@ def test_play_warns_when_recorded_type_hash_differs(tmp_path, caplog):
                                      rihs01="RIHS01_" + "ab" * 32)
         writer.write(conn, T0_NS, STORE.serialize_cdr(_tf(T0_NS, "odom", "base_link", 1.0),
                                                       "tf2_msgs/msg/TFMessage"))
-    with caplog.at_level("WARNING", logger="segloc_ros.bag"):
+    with caplog.at_level("WARNING", logger="segloc_ros.tools.bag"):
         assert play_bag(bag).published == {"/tf": 1}
     assert "RIHS01_abab" in caplog.text and "garbage" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="segloc_ros.bag"):
+    with caplog.at_level("WARNING", logger="segloc_ros.tools.bag"):
         play_bag(write_bag(tmp_path / "good"), topics=["/tf_static"])
     assert "garbage" not in caplog.text
 

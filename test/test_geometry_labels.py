@@ -9,10 +9,10 @@ import torch
 import yaml
 
 from segloc_core.errors import InputError
-from segloc_core.label_set import IGNORE, load_label_set, save_label_set, world_label_set
+from segloc_core.net.label_set import IGNORE, load_label_set, save_label_set, world_label_set
+from segloc_core.net.train import TrainConfig, train
+from segloc_core.net.train_geometry import augment_geometry, pooled_targets
 from segloc_core.place_labels import PlaceCells
-from segloc_core.train import TrainConfig, train
-from segloc_core.train_geometry import augment_geometry, pooled_targets
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_geometric_augmentation_moves_labels_with_the_image():
 
 
 def test_label_set_views_labels_and_round_trip(tiny_world, tmp_path):
-    from segloc_core.label_set import frame_labels
+    from segloc_core.net.label_set import frame_labels
     from segloc_core.world import load_world
 
     cells = PlaceCells(4.0, 50, 0.0)
@@ -102,9 +102,9 @@ def test_label_set_views_labels_and_round_trip(tiny_world, tmp_path):
 
 
 def test_geometry_training_resume_and_map_labels_from_position(tiny_world, tmp_path):
-    from segloc_core.export import export_model
-    from segloc_core.infer import load_segmenter
-    from segloc_core.map_build import BuildConfig, build_world_map
+    from segloc_core.maps.build import BuildConfig, build_world_map
+    from segloc_core.net.export import export_model
+    from segloc_core.net.infer import load_segmenter
 
     d = {"mode": "geometry",
          "model": {"num_classes": 20, "width": 0.25, "feature_dim": 8, "input_width": 160, "input_height": 112,

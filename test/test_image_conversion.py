@@ -7,8 +7,13 @@ from sensor_msgs.msg import Image
 
 from segloc_core.errors import InputError
 from segloc_core.geometry import Camera
-from segloc_ros.image_conversion import (camera_info_to_camera, camera_to_camera_info,
-                                         image_to_numpy, image_to_rgb8, numpy_to_image)
+from segloc_ros.adapters.image_conversion import (
+    camera_info_to_camera,
+    camera_to_camera_info,
+    image_to_numpy,
+    image_to_rgb8,
+    numpy_to_image,
+)
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8)

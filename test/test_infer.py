@@ -9,15 +9,23 @@ import pytest
 import torch
 import yaml
 
+from segloc_core.bench.segment import bench_segment
 from segloc_core.errors import DependencyError, InputError
-from segloc_core.export import export_model, parity
+from segloc_core.eval import seg_metrics
 from segloc_core.geometry import Camera
-from segloc_core.infer import (OrtSegmenter, TorchSegmenter, available_backends, bench_segment, load_segmenter,
-                               model_files, prepare_image, tensorrt_available)
-from segloc_core.model import ModelConfig, SegLocNet
+from segloc_core.net.export import export_model, parity
+from segloc_core.net.infer import (
+    OrtSegmenter,
+    TorchSegmenter,
+    available_backends,
+    load_segmenter,
+    model_files,
+    prepare_image,
+    tensorrt_available,
+)
+from segloc_core.net.model import ModelConfig, SegLocNet
 from segloc_core.paths import default_model_path
 from segloc_core.reductions import REDUCTION_NAMES, level_reductions
-from segloc_core import seg_metrics
 
 SMALL = ModelConfig(num_classes=10, width=0.5, feature_dim=8, input_width=64, input_height=48)
 
@@ -161,7 +169,7 @@ def test_retrieval_metrics_helpers():
 
 
 def test_label_consistency_on_pairs(small_model):
-    from segloc_core.pairs import synthetic_pairs
+    from segloc_core.net.pairs import synthetic_pairs
 
     ps = synthetic_pairs(3, (64, 48), 40, seed=0)
     by_pair, overall, entropy = seg_metrics.label_consistency(load_segmenter(small_model, "onnxruntime"), ps)

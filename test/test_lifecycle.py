@@ -1,4 +1,4 @@
-"""The nodes' ROS 2 lifecycle, driven by segloc_ros.lifecycle_manager over real services: a node
+"""The nodes' ROS 2 lifecycle, driven by segloc_ros.nodes.lifecycle_manager over real services: a node
 subscribes only once active, stays deactivated when an operator deactivates it, is brought up again
 after a restart, and a configure that cannot load its map fails with the reason logged while the
 node keeps running."""
@@ -15,7 +15,7 @@ from lifecycle_msgs.msg import State, Transition
 from rclpy.node import Node
 
 from segloc_ros.graph import ros_environment
-from segloc_ros.lifecycle_manager import LifecycleManager
+from segloc_ros.nodes.lifecycle_manager import LifecycleManager
 
 
 def _start(tmp_path: Path, map_path: Path, namespace: str, tag: str):

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segloc_core.bench.refine import Frame, _oracle_labels
+from segloc_core.bench.scenes import oracle_levels
 from segloc_core.geometry import Pose, pose_error
-from segloc_core.localize import Localizer, LocalizerConfig, PriorSource, State
-from segloc_core.map_build import BuildConfig, finish_map, sample_nearest, vote_labels, world_geometry
-from segloc_core.query_sets import load_query_set
-from segloc_core.refine_bench import Frame, _oracle_labels
-from segloc_core.refine_scenes import oracle_levels
+from segloc_core.localize.localizer import Localizer, LocalizerConfig, PriorSource, State
+from segloc_core.maps.build import BuildConfig, finish_map, sample_nearest, vote_labels, world_geometry
+from segloc_core.maps.query_sets import load_query_set
 
 K = 50
 LEVELS_160 = ((20, 15), (40, 30), (80, 60), (160, 120))
@@ -122,7 +122,7 @@ def test_retrieved_hypotheses_recover_a_wrong_top1(world_and_map):
 
 
 def test_chance_consistency_from_label_frequencies():
-    from segloc_core.localize import chance_consistency
+    from segloc_core.localize.localizer import chance_consistency
 
     probs = np.zeros((4, 2, 5), np.float32)
     probs[0, 0, :] = 1.0          # half the pixels argmax 0

@@ -9,9 +9,8 @@ import pytest
 
 from segloc_core.cli import main
 from segloc_core.errors import InputError
-from segloc_core.map_build import (BuildConfig, Observations, finish_map, sample_nearest, vote_labels,
-                                   world_geometry)
-from segloc_core.map_format import load_map, save_map, size_report
+from segloc_core.maps.build import BuildConfig, Observations, finish_map, sample_nearest, vote_labels, world_geometry
+from segloc_core.maps.format import load_map, save_map, size_report
 
 MAUPERTUIS = Path(__file__).resolve().parent / "data" / "maupertuis"  # BSD-3, NAVER (kapture samples)
 
@@ -29,7 +28,7 @@ def untrained_model(tmp_path_factory) -> Path:
     torch = pytest.importorskip("torch")
     import yaml
 
-    from segloc_core.model import ModelConfig, SegLocNet
+    from segloc_core.net.model import ModelConfig, SegLocNet
 
     torch.manual_seed(0)
     cfg = ModelConfig(num_classes=16, width=0.25, input_width=160, input_height=112)
@@ -92,7 +91,7 @@ def test_world_map_labels_follow_ground_truth(tiny_world, tmp_path):
 
 
 def test_world_map_end_to_end_with_a_real_segmenter(tiny_world, untrained_model, tmp_path, capsys):
-    from segloc_core.maps import MapSource, build_map
+    from segloc_core.maps.cli import MapSource, build_map
 
     out = tmp_path / "world.segmap"
     m = build_map(MapSource("world", tiny_world), out, untrained_model, BuildConfig(min_agreement=0.0),
@@ -128,7 +127,7 @@ def test_world_map_end_to_end_with_a_real_segmenter(tiny_world, untrained_model,
 
 
 def test_maupertuis_colmap_import(untrained_model, tmp_path, capsys):
-    from segloc_core.map_colmap import colmap_geometry
+    from segloc_core.maps.colmap import colmap_geometry
 
     rec_dir = MAUPERTUIS / "colmap" / "reconstruction"
     geo = colmap_geometry(rec_dir, MAUPERTUIS / "colmap" / "images")
@@ -166,7 +165,7 @@ def test_maupertuis_colmap_import(untrained_model, tmp_path, capsys):
 
 def test_kapture_posed_images_triangulate_in_the_given_frame():
     """pycolmap triangulation with the kapture poses held fixed (SIFT on 4 images, a few seconds)."""
-    from segloc_core.map_colmap import kapture_geometry, read_kapture_posed_images
+    from segloc_core.maps.colmap import kapture_geometry, read_kapture_posed_images
 
     names, poses, _ = read_kapture_posed_images(MAUPERTUIS / "kapture")
     geo = kapture_geometry(MAUPERTUIS / "kapture", max_image_size=640)
@@ -182,7 +181,7 @@ def test_kapture_posed_images_triangulate_in_the_given_frame():
 def test_colmap_model_without_points_is_triangulated(tmp_path):
     import pycolmap
 
-    from segloc_core.map_colmap import colmap_geometry
+    from segloc_core.maps.colmap import colmap_geometry
 
     rec = pycolmap.Reconstruction(str(MAUPERTUIS / "colmap" / "reconstruction"))
     for pid in list(rec.points3D):
@@ -196,8 +195,8 @@ def test_colmap_model_without_points_is_triangulated(tmp_path):
 
 
 def test_bad_sources_are_refused(tmp_path):
-    from segloc_core.map_colmap import colmap_geometry, read_kapture_posed_images
-    from segloc_core.maps import MapSource
+    from segloc_core.maps.cli import MapSource
+    from segloc_core.maps.colmap import colmap_geometry, read_kapture_posed_images
 
     with pytest.raises(InputError, match="no COLMAP model"):
         colmap_geometry(tmp_path, tmp_path)
@@ -211,7 +210,7 @@ def test_sfm_from_images_alone(tmp_path):
     """pycolmap SfM (SIFT, exhaustive matching, incremental mapping) on 6 rendered frames."""
     import shutil
 
-    from segloc_core.map_colmap import sfm_geometry
+    from segloc_core.maps.colmap import sfm_geometry
     from segloc_core.world import WorldConfig, load_world, render_world
 
     root = render_world(WorldConfig(seed=3, loop_length_m=220.0, width=320, height=240, conditions=("summer",),

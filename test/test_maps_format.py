@@ -10,9 +10,19 @@ import pytest
 
 from segloc_core.descriptor import Whitening
 from segloc_core.errors import InputError
-from segloc_core.map_format import (FORMAT_NAME, MAGIC, Cameras, DatabaseImages, MapMetadata,
-                                    Visibility, assemble_map, load_map, save_map, serialize_map,
-                                    size_report)
+from segloc_core.maps.format import (
+    FORMAT_NAME,
+    MAGIC,
+    Cameras,
+    DatabaseImages,
+    MapMetadata,
+    Visibility,
+    assemble_map,
+    load_map,
+    save_map,
+    serialize_map,
+    size_report,
+)
 
 
 def synthetic_map(n_points: int = 5000, n_images: int = 40, K: int = 100, seed: int = 0):

@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from segloc_core.errors import InputError
-from segloc_core.model import (GPO, InferenceGraph, ModelConfig, SegLocNet, count_parameters, load_state_dict,
-                               reduce_over_classes, reduction_names)
+from segloc_core.net.model import (
+    GPO,
+    InferenceGraph,
+    ModelConfig,
+    SegLocNet,
+    count_parameters,
+    load_state_dict,
+    reduce_over_classes,
+    reduction_names,
+)
 from segloc_core.reductions import REDUCTION_NAMES, level_reductions
 
 SMALL = ModelConfig(num_classes=12, width=0.5, feature_dim=8, input_width=64, input_height=48)

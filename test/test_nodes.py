@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from segloc_core.paths import default_model_path
-from segloc_ros.bag_eval import _Recorder
 from segloc_ros.graph import ros_environment
+from segloc_ros.tools.bag_eval import _Recorder
 
 MODEL = default_model_path()
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"shipped model {MODEL} missing")
@@ -62,8 +62,8 @@ def _wait(predicate, timeout_s: float, what: str) -> None:
 
 
 def test_world_bag_gives_poses_and_tf_and_refiner_restart_recovers(graph_assets):
-    from segloc_ros.bag import play_bag
-    from segloc_ros.tf import create_tf_lookup
+    from segloc_ros.adapters.tf import create_tf_lookup
+    from segloc_ros.tools.bag import play_bag
 
     # The gates are opened: this test is about the graph (poses, TF, respawn), while accuracy and
     # gating are measured by `segloc eval` on whole traversals.
@@ -95,7 +95,7 @@ def test_world_bag_gives_poses_and_tf_and_refiner_restart_recovers(graph_assets)
         code = graph.stop()
     assert code == 0, graph.text()[-3000:]
     # poses are base_link in map, stamped like their images
-    from segloc_ros.bag_eval import read_bag_ground_truth
+    from segloc_ros.tools.bag_eval import read_bag_ground_truth
 
     stamps, _, _ = read_bag_ground_truth(graph_assets["bag"])
     assert set(recorder.rec.pose) <= set(stamps.tolist())
@@ -107,8 +107,8 @@ def test_bad_input_leaves_every_node_running(graph_assets):
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image
 
-    from segloc_ros.image_conversion import camera_to_camera_info, numpy_to_image
-    from segloc_ros.tf import TransformBroadcaster, ns_to_stamp, pose_to_transform
+    from segloc_ros.adapters.image_conversion import camera_to_camera_info, numpy_to_image
+    from segloc_ros.adapters.tf import TransformBroadcaster, ns_to_stamp, pose_to_transform
 
     ds = graph_assets["ds"]
     rec = ds.frames("overcast")[10]

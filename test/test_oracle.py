@@ -7,9 +7,9 @@ import pytest
 from segloc_core import label_metrics as lm
 from segloc_core.errors import InputError
 from segloc_core.geometry import pose_error
-from segloc_core.oracle import OracleSegmenter, OracleSpec
-from segloc_core.localize import Localizer
-from segloc_core.refine import LevelInput, refine
+from segloc_core.localize.localizer import Localizer
+from segloc_core.localize.refine import LevelInput, refine
+from segloc_core.net.oracle import OracleSegmenter, OracleSpec
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,8 @@ def test_labels_are_place_specific_and_condition_invariant(tiny):
 def test_refiner_reads_parent_labels_on_coarse_levels(tiny):
     """A start 1 m / 5 deg off converges to centimetres with 10-class coarse levels reading
     label // 10, and a level whose K does not divide the finest K is refused."""
-    from segloc_core.accuracy_bench import perturb
-    from segloc_core.map_build import label_and_describe, world_geometry
+    from segloc_core.bench.accuracy import perturb
+    from segloc_core.maps.build import label_and_describe, world_geometry
 
     path, ds, seg = tiny
     m = label_and_describe(world_geometry(path, progress=False), seg, progress=False)
@@ -130,7 +130,7 @@ def test_positional_agreement_flags_position_labels():
 
 
 def test_bench_accuracy_reports_every_key(tiny, tmp_path, monkeypatch):
-    from segloc_core.accuracy_bench import run
+    from segloc_core.bench.accuracy import run
 
     monkeypatch.setenv("SEGLOC_HOME", str(tmp_path))
     path, _, _ = tiny

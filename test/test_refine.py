@@ -10,14 +10,27 @@ import dataclasses
 import numpy as np
 import pytest
 
+from segloc_core.bench.scenes import PlaneScene, map_points_from_depth, oracle_levels
 from segloc_core.errors import InputError
 from segloc_core.geometry import Camera, Pose, pose_error
-from segloc_core.lm import LMConfig
-from segloc_core.refine import (REDUCTION_NAMES, GaussianPrior, LabeledPoints, LevelInput,
-                                RefineConfig, _DirectSampler, _LevelObjective, _PixelMajorDirectSampler,
-                                _ReducedSampler, _search_grid, _translation_search,
-                                level_reductions, refine, refine_direct, refine_many)
-from segloc_core.refine_scenes import PlaneScene, map_points_from_depth, oracle_levels
+from segloc_core.localize.lm import LMConfig
+from segloc_core.localize.refine import (
+    REDUCTION_NAMES,
+    GaussianPrior,
+    LabeledPoints,
+    LevelInput,
+    RefineConfig,
+    _DirectSampler,
+    _LevelObjective,
+    _PixelMajorDirectSampler,
+    _ReducedSampler,
+    _search_grid,
+    _translation_search,
+    level_reductions,
+    refine,
+    refine_direct,
+    refine_many,
+)
 
 K = 20
 CAM = Camera("PINHOLE", 160, 120, [125.0, 125.0, 80.0, 60.0])

@@ -6,12 +6,20 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from segloc_core.bench.retrieval import run_bench
 from segloc_core.descriptor import Whitening
 from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
-from segloc_core.map_format import Cameras, DatabaseImages, MapMetadata, assemble_map
-from segloc_core.retrieval import (DescriptorIndex, RetrievalConfig, RetrievalResult, Retriever,
-                                   mean_pose, pose_prior, prior_pose, run_bench)
+from segloc_core.localize.retrieval import (
+    DescriptorIndex,
+    RetrievalConfig,
+    RetrievalResult,
+    Retriever,
+    mean_pose,
+    pose_prior,
+    prior_pose,
+)
+from segloc_core.maps.format import Cameras, DatabaseImages, MapMetadata, assemble_map
 
 D = 32
 

@@ -9,9 +9,9 @@ import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from segloc_core.evaluate import PR
+from segloc_core.eval.evaluate import PR
 from segloc_core.paths import default_model_path
-from segloc_ros.bag_eval import evaluate_bags, replay
+from segloc_ros.tools.bag_eval import evaluate_bags, replay
 
 MODEL = default_model_path()
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"shipped model {MODEL} missing")

@@ -14,10 +14,10 @@ import pytest
 
 from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
+from segloc_ros.adapters.tf import TransformBuffer, TransformUnavailable, pose_to_transform
 from segloc_ros.graph import Graph, NodeSpec, localize_graph, ros_environment
 from segloc_ros.launcher import run_graph
 from segloc_ros.params import ParamSpec, validate_params_file
-from segloc_ros.tf import TransformBuffer, TransformUnavailable, pose_to_transform
 
 TEST_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(TEST_DIR))

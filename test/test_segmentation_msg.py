@@ -2,16 +2,16 @@
 
 import numpy as np
 import pytest
-from segloc_msgs.msg import ClassMapLevel
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 
 from segloc_core.errors import InputError
 from segloc_core.geometry import Camera, Pose
-from segloc_core.infer import LevelMaps, SegmentationResult
+from segloc_core.net.infer import LevelMaps, SegmentationResult
 from segloc_core.reductions import REDUCTION_NAMES, level_reductions
-from segloc_ros.pose_msgs import body_to_parent_covariance, change_body_covariance
-from segloc_ros.segmentation_msg import pack_segmentation, unpack_levels
+from segloc_msgs.msg import ClassMapLevel
+from segloc_ros.adapters.pose_msgs import body_to_parent_covariance, change_body_covariance
+from segloc_ros.adapters.segmentation_msg import pack_segmentation, unpack_levels
 
 CAMERA = Camera("PINHOLE", 64, 48, [60.0, 60.0, 32.0, 24.0])
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 
-
 def test_ros_and_interfaces_import():
     out = subprocess.run([sys.executable, "-c", "import rclpy, tf2_msgs.msg, segloc_msgs.msg, "
                           "segloc_msgs.srv; print('ok')"], capture_output=True, text=True)

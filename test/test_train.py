@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from segloc_core import losses as L
 from segloc_core.errors import InputError
-from segloc_core.pairs import in_heldout, synthetic_pairs, world_pairs
-from segloc_core.train import TrainConfig, train
+from segloc_core.net import losses as L
+from segloc_core.net.pairs import in_heldout, synthetic_pairs, world_pairs
+from segloc_core.net.train import TrainConfig, train
 
 TINY = {
     "model": {"num_classes": 8, "width": 0.5, "feature_dim": 8, "input_width": 64, "input_height": 48},
@@ -180,7 +180,7 @@ def test_colmap_pairs_from_sfm_tracks(tmp_path):
     """Two images of a text COLMAP model sharing 80 points: correspondences are the tracks' observations."""
     import cv2
 
-    from segloc_core.pairs import colmap_pairs
+    from segloc_core.net.pairs import colmap_pairs
 
     (tmp_path / "model").mkdir()
     (tmp_path / "images").mkdir()

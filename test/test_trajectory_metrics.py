@@ -9,12 +9,20 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from segloc_core.errors import InputError
+from segloc_core.eval.trajectory_metrics import (
+    DEFAULT_THRESHOLDS,
+    Trajectory,
+    frame_errors,
+    localization_metrics,
+    markdown_table,
+    plot_error_curve,
+    plot_trajectory,
+    read_kapture_trajectory,
+    read_tum,
+    write_json,
+    write_tum,
+)
 from segloc_core.geometry import Pose
-from segloc_core.trajectory_metrics import (DEFAULT_THRESHOLDS, Trajectory, frame_errors,
-                                            localization_metrics, markdown_table,
-                                            plot_error_curve, plot_trajectory,
-                                            read_kapture_trajectory, read_tum, write_json,
-                                            write_tum)
 
 T0 = 1_750_000_000_000_000_000
 DT = 100_000_000  # 10 Hz

@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 
 from segloc_core.geometry import Pose
-from segloc_core.world import (CONDITIONS, WorldConfig, correspondences, correspondences_from_depth,
-                               load_world, materials, render_tiny_world, render_world, write_world_bag)
+from segloc_core.world import (
+    CONDITIONS,
+    WorldConfig,
+    correspondences,
+    correspondences_from_depth,
+    load_world,
+    materials,
+    render_tiny_world,
+    render_world,
+    write_world_bag,
+)
 from segloc_core.world.render import Renderer, gl_projection
 from segloc_core.world.scene import ROAD_Z_M, SIDEWALK_Z_M, build_static_scene, dynamic_mesh
 

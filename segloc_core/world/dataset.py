@@ -343,15 +343,6 @@ def _write_kapture(folder: Path, cam: Camera, stamps: np.ndarray, T_cam_world: n
     (s / "records_camera.txt").write_text("".join(recs))
 
 
-def nearest_frame(frames: list[FrameRecord], T_world_cam: Pose) -> int:
-    """Index of the frame whose camera centre is nearest to T_world_cam's, among those facing
-    the same way (within 60 degrees): the same place in another traversal."""
-    c = np.array([f.T_world_cam.t for f in frames])
-    fwd = np.array([f.T_world_cam.R[:, 2] for f in frames])
-    d = np.linalg.norm(c - T_world_cam.t, axis=1) + 1e6 * (fwd @ T_world_cam.R[:, 2] < 0.5)
-    return int(np.argmin(d))
-
-
 def correspondences_from_depth(depth_a: np.ndarray, cam_a: Camera, T_cam_world_a: Pose,
                                depth_b: np.ndarray, cam_b: Camera, T_cam_world_b: Pose,
                                stride: int = 1, tol_abs_m: float = 0.05, tol_rel: float = 0.01,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from segloc_core.errors import require
-from segloc_core.world.dataset import nearest_frame
+from segloc_core.world.trajectory import nearest_frame
 
 
 def write_contact_sheet(ds, out_path: Path, n_places: int = 4) -> Path:

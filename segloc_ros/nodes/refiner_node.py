@@ -1,7 +1,7 @@
 """refiner_node: Segmentation (+ PosePrior) -> PoseWithCovarianceStamped, TF and status.
 
 Pairs each segmentation with the prior of the same stamp (or, while tracking, with the last fix
-moved by odometry), runs `segloc_core.localize.Localizer` and, for an accepted fix, publishes the
+moved by odometry), runs `segloc_core.localize.localizer.Localizer` and, for an accepted fix, publishes the
 pose of `base_frame` in `map_frame` and TF following REP 105: map->odom computed from
 odom->base_link at the image stamp (the robot's odometry keeps owning odom->base_link), or
 map->base_link when `use_odometry` is false. map->odom is re-sent at 20 Hz, future-dated by
@@ -21,19 +21,25 @@ from pathlib import Path
 
 import numpy as np
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from segloc_msgs.msg import LocalizationStatus, PosePrior, Segmentation
 
 from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
-from segloc_core.localize import Fix, Localizer, LocalizerConfig, PriorSource, State
-from segloc_core.map_format import load_map
+from segloc_core.localize.localizer import Fix, Localizer, LocalizerConfig, PriorSource, State
+from segloc_core.maps.format import load_map
 from segloc_core.paths import map_path
-from segloc_ros.image_conversion import camera_info_to_camera
-from segloc_ros.node_runtime import ManagedNode, spin_node
-from segloc_ros.pose_msgs import change_body_covariance, msg_to_pose, to_pose_with_covariance
-from segloc_ros.segmentation_msg import unpack_levels
-from segloc_ros.tf import (TransformBroadcaster, TransformUnavailable, create_tf_lookup,
-                           ns_to_stamp, pose_to_transform, stamp_to_ns)
+from segloc_msgs.msg import LocalizationStatus, PosePrior, Segmentation
+from segloc_ros.adapters.image_conversion import camera_info_to_camera
+from segloc_ros.adapters.pose_msgs import change_body_covariance, msg_to_pose, to_pose_with_covariance
+from segloc_ros.adapters.segmentation_msg import unpack_levels
+from segloc_ros.adapters.tf import (
+    TransformBroadcaster,
+    TransformUnavailable,
+    create_tf_lookup,
+    ns_to_stamp,
+    pose_to_transform,
+    stamp_to_ns,
+)
+from segloc_ros.nodes.runtime import ManagedNode, spin_node
 
 THROTTLE_S = 5.0
 _STATE_MSG = {State.UNINITIALIZED: LocalizationStatus.STATE_UNINITIALIZED,

@@ -15,15 +15,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from segloc_msgs.msg import GlobalDescriptor, LocalizationStatus, PosePrior
-from segloc_msgs.srv import Relocalize
 
 from segloc_core.errors import InputError
-from segloc_core.map_format import load_map
+from segloc_core.localize.retrieval import RetrievalConfig, Retriever, prior_pose
+from segloc_core.maps.format import load_map
 from segloc_core.paths import map_path
-from segloc_core.retrieval import RetrievalConfig, Retriever, prior_pose
-from segloc_ros.node_runtime import ManagedNode, spin_node
-from segloc_ros.pose_msgs import to_pose_with_covariance
+from segloc_msgs.msg import GlobalDescriptor, LocalizationStatus, PosePrior
+from segloc_msgs.srv import Relocalize
+from segloc_ros.adapters.pose_msgs import to_pose_with_covariance
+from segloc_ros.nodes.runtime import ManagedNode, spin_node
 
 STATUS_TIMEOUT_S = 1.0
 

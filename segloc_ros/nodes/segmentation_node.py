@@ -14,15 +14,15 @@ from collections import deque
 from dataclasses import dataclass
 
 from rclpy.qos import qos_profile_sensor_data
-from segloc_msgs.msg import GlobalDescriptor, Segmentation
 from sensor_msgs.msg import CameraInfo, Image
 
 from segloc_core.errors import InputError
-from segloc_core.infer import load_segmenter
-from segloc_ros.image_conversion import camera_info_to_camera, image_to_rgb8
-from segloc_ros.node_runtime import ManagedNode, spin_node
-from segloc_ros.segmentation_msg import pack_segmentation
-from segloc_ros.tf import stamp_to_ns
+from segloc_core.net.infer import load_segmenter
+from segloc_msgs.msg import GlobalDescriptor, Segmentation
+from segloc_ros.adapters.image_conversion import camera_info_to_camera, image_to_rgb8
+from segloc_ros.adapters.segmentation_msg import pack_segmentation
+from segloc_ros.adapters.tf import stamp_to_ns
+from segloc_ros.nodes.runtime import ManagedNode, spin_node
 
 PAIRING_TIMEOUT_S = 0.5  # how long an image may wait for its CameraInfo
 

@@ -9,7 +9,7 @@ import rclpy
 from rclpy.node import Node
 
 from segloc_msgs.msg import LocalizationStatus
-from segloc_ros.tf import TransformUnavailable, create_tf_lookup
+from segloc_ros.adapters.tf import TransformUnavailable, create_tf_lookup
 
 
 def main() -> int:

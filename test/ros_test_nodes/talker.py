@@ -12,8 +12,8 @@ from rclpy.utilities import remove_ros_args
 
 from segloc_core.geometry import Pose
 from segloc_msgs.msg import LocalizationStatus
+from segloc_ros.adapters.tf import TransformBroadcaster, pose_to_transform
 from segloc_ros.params import ParamSpec, declare
-from segloc_ros.tf import TransformBroadcaster, pose_to_transform
 
 PARAMS = (ParamSpec("rate_hz", 20.0, "publish rate", range=(1.0, 100.0)),)
 T_ODOM_BASE_1S = Pose.from_rotvec([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])

@@ -1,0 +1,257 @@
+"""`segloc bench accuracy`: the oracle ceiling and the model side by side, end to end.
+
+Each configuration (a segmenter: the oracle's ground-truth place labels, the network) builds its
+own map of the world's mapping traversal (cached by segmenter, world and map code), then every
+query frame (default: all autumn and night frames against the summer map; `--stride` for a quick
+look) goes through the product path exactly as `segloc eval --queries` takes it: segment, retrieve
+(the map's own faiss index), refine the prior and the top-k hypotheses, gate. Independently of
+retrieval, the same segmentation is refined from the true pose (drift) and from starts perturbed
+by 1 m / 5 deg and 3 m / 10 deg (camera centre moved exactly d metres in a random horizontal
+direction, rotated exactly a degrees about a random axis; an operator prior, as /initialpose):
+the refiner's accuracy and basin with these labels.
+
+Recall counts over all queries (a rejected fix is a miss); thresholds use <=. Label-quality
+figures (`segloc_core.label_metrics`) are computed on the same map and query segmentations. The
+last stdout line is one JSON object keyed by configuration; a PNG of the error curves is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from segloc_core import label_metrics as lm
+from segloc_core.geometry import Pose, pose_error
+from segloc_core.localize.localizer import Localizer, LocalizerConfig, PriorSource, State
+from segloc_core.localize.refine import LevelInput
+
+THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
+PERTURBATIONS = {"1m5deg": (1.0, 5.0), "3m10deg": (3.0, 10.0)}
+RETRIEVAL_OK = (5.0, 20.0)  # top-1 database image within this of the query: the right place
+
+
+def recall(errors: np.ndarray, accepted: np.ndarray) -> list[float]:
+    """Fractions of all queries accepted within each of THRESHOLDS; errors (n, 2) = (m, deg)."""
+    if len(errors) == 0:
+        return [float("nan")] * len(THRESHOLDS)
+    return [round(float(np.mean(accepted & (errors[:, 0] <= t) & (errors[:, 1] <= r))), 4)
+            for t, r in THRESHOLDS]
+
+
+def perturb(T_cam_world: Pose, dist_m: float, angle_deg: float, rng: np.random.Generator) -> Pose:
+    """The camera centre moved exactly `dist_m` in a random horizontal (world x-y) direction and
+    the camera rotated exactly `angle_deg` about a random axis."""
+    T_world_cam = T_cam_world.inv()
+    heading = rng.uniform(0, 2 * np.pi)
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    R = Pose.from_rotvec(axis * np.radians(angle_deg), np.zeros(3)).R @ T_world_cam.R
+    t = T_world_cam.t + dist_m * np.array([np.cos(heading), np.sin(heading), 0.0])
+    return Pose(R, t).inv()
+
+
+def _map_for(segmenter, world: Path, progress: bool):
+    """The world's map labelled by `segmenter` (cached: `maps.cached_world_map`)."""
+    from segloc_core.maps.cli import cached_world_map
+    from segloc_core.maps.format import load_map
+    from segloc_core.paths import home
+
+    out = home() / "maps" / f"bench-{segmenter.model_hash}.segmap"
+    return load_map(cached_world_map(world, segmenter, out, progress,
+                                     lambda msg: print(f"[bench accuracy] {msg}", file=sys.stderr)))
+
+
+@dataclass
+class _Rows:
+    pr: list
+    pa: list
+    accepted: list
+    retrieval_ok: list
+    from_gt: dict
+    drift: list
+    effective: list
+    cross: list
+    argmax: list
+    centres: list
+    conditions: list
+
+
+def run_configuration(segmenter, world: Path, conditions: Sequence[str], stride: int = 1,
+                      cross_stride: int = 4, seed: int = 0, progress: bool = True) -> dict:
+    """Every figure of one configuration (see the module docstring)."""
+    from segloc_core.localize.retrieval import Retriever
+    from segloc_core.world import correspondences, load_world, nearest_frame
+
+    ds = load_world(world)
+    labeled_map = _map_for(segmenter, world, progress)
+    retriever = Retriever(labeled_map)
+    localizer = Localizer(labeled_map, LocalizerConfig(tracking=False))
+    db_frames = ds.frames(ds.mapping_condition)
+    rng = np.random.default_rng(seed)
+    rows = _Rows([], [], [], [], {k: ([], []) for k in PERTURBATIONS}, [], [], [], [], [], [])
+    queries = [rec for cond in conditions for rec in ds.frames(cond)[::stride]]
+    t0 = time.perf_counter()
+    for qi, rec in enumerate(tqdm(queries, desc=f"accuracy ({segmenter.backend})", unit="img",
+                                  disable=not progress, file=sys.stderr)):
+        seg = segmenter.segment(ds.rgb(rec), rec)
+        levels = [LevelInput(lv.probs, lv.reductions, segmenter.level_camera(rec.camera, i))
+                  for i, lv in enumerate(seg.levels)]
+        gt = rec.T_cam_world
+        prior = retriever.prior(seg.descriptor)
+        localizer.state = State.UNINITIALIZED
+        fix = localizer.localize(levels, prior.T_cam_world, PriorSource.RETRIEVAL, prior.retrieved.image_ids)
+        rows.pr.append(pose_error(fix.T_cam_world, gt))
+        rows.pa.append(pose_error(prior.T_cam_world, gt))
+        rows.accepted.append(fix.accepted)
+        top1 = pose_error(labeled_map.images.T_cam_world(int(prior.retrieved.image_ids[0])), gt)
+        rows.retrieval_ok.append(top1[0] <= RETRIEVAL_OK[0] and top1[1] <= RETRIEVAL_OK[1])
+        localizer.state = State.UNINITIALIZED
+        at_gt = localizer.localize(levels, gt, PriorSource.INITIALPOSE)
+        rows.drift.append(pose_error(at_gt.T_cam_world, gt)[0])
+        for key, (d, a) in PERTURBATIONS.items():
+            localizer.state = State.UNINITIALIZED
+            f = localizer.localize(levels, perturb(gt, d, a, rng), PriorSource.INITIALPOSE)
+            rows.from_gt[key][0].append(pose_error(f.T_cam_world, gt))
+            rows.from_gt[key][1].append(f.accepted)
+        rows.effective.append(lm.effective_labels(localizer.labeled_points(localizer.points_near(gt)).labels))
+        finest = seg.levels[-1].probs.argmax(0)
+        rows.argmax.append(finest)
+        rows.centres.append(gt.center())
+        rows.conditions.append(rec.condition)
+        if qi % cross_stride == 0:  # the mapping frame of the same place, other condition
+            db = db_frames[nearest_frame(db_frames, rec.T_world_cam)]
+            db_argmax = segmenter.segment(ds.rgb(db), db).levels[-1].probs.argmax(0)
+            uv_q, uv_db = correspondences(ds, rec, db, stride=4)
+            agree, chance, n = lm.cross_condition_consistency(
+                finest, db_argmax, uv_q, uv_db, (rec.camera.width, rec.camera.height), 20.0)
+            if n:
+                rows.cross.append((agree, chance, n))
+    elapsed = time.perf_counter() - t0
+    return _summary(rows, labeled_map, segmenter, elapsed)
+
+
+def _summary(rows: _Rows, labeled_map, segmenter, elapsed: float) -> dict:
+    pr, pa = np.array(rows.pr).reshape(-1, 2), np.array(rows.pa).reshape(-1, 2)
+    acc = np.array(rows.accepted, bool)
+    everyone = np.ones(len(pa), bool)
+    share = lm.label_share_by_distance(labeled_map.xyz, labeled_map.labels)
+    pos, pos_chance, pairs = lm.positional_agreement(rows.argmax, np.array(rows.centres), segmenter.K)
+    cond = np.array(rows.conditions)
+    out = {
+        "segmenter": segmenter.spec.name() if segmenter.backend == "oracle" else segmenter.backend,
+        "model_hash": segmenter.model_hash,
+        "queries": len(pr),
+        "recall": recall(pr, acc),
+        "recall_prior": recall(pa, everyone),
+        "recall_raw": recall(pr, everyone),
+        "accepted": round(float(acc.mean()), 4) if len(acc) else float("nan"),
+        "accepted_correct_5m10deg": round(float(np.mean((pr[acc, 0] <= 5) & (pr[acc, 1] <= 10))), 4)
+        if acc.any() else float("nan"),
+        "median_t_m": round(float(np.median(pr[acc, 0])), 3) if acc.any() else float("nan"),
+        "median_R_deg": round(float(np.median(pr[acc, 1])), 3) if acc.any() else float("nan"),
+        "per_condition": {c: recall(pr[cond == c], acc[cond == c]) for c in sorted(set(rows.conditions))},
+        "drift_from_gt_m": round(float(np.median(rows.drift)), 3),
+        "retrieval_recall_at_1": round(float(np.mean(rows.retrieval_ok)), 4),
+        "label_share_by_distance": share,
+        "label_share_5_10m": share["5-10m"],
+        "label_share_chance": share["chance"],
+        "effective_labels_at_pose": round(float(np.median(rows.effective)), 2),
+        "cross_condition_consistency_20px": _weighted(rows.cross, 0),
+        "cross_condition_chance": _weighted(rows.cross, 1),
+        "positional_agreement": round(pos, 4),
+        "positional_chance": round(pos_chance, 4),
+        "positional_pairs": pairs,
+        "seconds": round(elapsed, 1),
+    }
+    for key, (errs, accepted) in rows.from_gt.items():
+        out[f"recall_from_gt_{key}"] = recall(np.array(errs).reshape(-1, 2), np.array(accepted, bool))
+    out["_pr_t"] = np.where(acc, pr[:, 0], np.inf)
+    return out
+
+
+def _weighted(rows: list, column: int) -> float:
+    """Mean of one column of (agreement, chance, pairs) rows, weighted by pairs."""
+    if not rows:
+        return float("nan")
+    return round(float(np.average([r[column] for r in rows], weights=[r[2] for r in rows])), 4)
+
+
+def plot(results: dict, path: Path) -> Path:
+    """Cumulative share of queries localized within t metres (rejected fixes never count)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    thresholds = np.logspace(-2, 1.5, 200)
+    for name, res in results.items():
+        t = res["_pr_t"]
+        ax.plot(thresholds, [np.mean(t <= x) * 100 for x in thresholds],
+                label=f"{name} (recall {' / '.join(f'{100 * r:.1f}' for r in res['recall'])} %)")
+    ax.set_xscale("log")
+    ax.set_xlabel("translation error [m] (rejected fixes never count)")
+    ax.set_ylabel("queries localized [%]")
+    ax.set_ylim(0, 100)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("segloc bench accuracy: PR on the product path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def run(configs: dict[str, str], world: Path | None = None, conditions: Sequence[str] = ("autumn", "night"),
+        stride: int = 1, model: Path | None = None, out: Path | None = None, progress: bool = True) -> dict:
+    """{config name: figures} for each {name: segmenter spec} (see `segloc_core.net.segmenters`)."""
+    from segloc_core.net.segmenters import open_segmenter
+    from segloc_core.paths import home, world_dir
+    from segloc_core.world import WorldConfig, render_world
+
+    world = world or render_world(WorldConfig(), world_dir("default"), progress=progress)
+    results = {}
+    for name, spec in configs.items():
+        segmenter = open_segmenter(spec, model, world=world, threads=2)
+        results[name] = run_configuration(segmenter, world, conditions, stride, progress=progress)
+    png = plot(results, (out or home() / "bench") / "accuracy.png")
+    for res in results.values():
+        res.pop("_pr_t")
+    results["plot"] = str(png)
+    return results
+
+
+def _cli(args: argparse.Namespace) -> int:
+    configs = {name: spec for name, spec in (("oracle", args.oracle), ("model", "model"))
+               if name in args.configs.split(",")}
+    res = run(configs, args.world, tuple(args.conditions), args.stride, args.model, args.out)
+    for name, r in res.items():
+        if name == "plot":
+            continue
+        print(f"{name:7s} PR {r['recall']}  PA {r['recall_prior']}  from GT+1m/5deg {r['recall_from_gt_1m5deg']}"
+              f"  GT+3m/10deg {r['recall_from_gt_3m10deg']}  drift {r['drift_from_gt_m']} m  "
+              f"retrieval@1 {r['retrieval_recall_at_1']}  share 5-10 m {r['label_share_5_10m']} "
+              f"(chance {r['label_share_chance']})  positional {r['positional_agreement']} "
+              f"(chance {r['positional_chance']})  [{r['queries']} queries, {r['seconds']} s]")
+    print(f"plot: {res['plot']}")
+    print(json.dumps(res))
+    return 0
+
+
+def configure_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--configs", default="oracle,model", help="comma-separated: oracle, model")
+    parser.add_argument("--oracle", default="oracle:1,100", help="oracle spec (see segloc_core.net.oracle)")
+    parser.add_argument("--model", type=Path, default=None, help="model (default: shipped)")
+    parser.add_argument("--world", type=Path, default=None, help="rendered world (default: the default world)")
+    parser.add_argument("--conditions", nargs="+", default=["autumn", "night"], help="query traversals")
+    parser.add_argument("--stride", type=int, default=1, help="every n-th query frame (quick look)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for accuracy.png")
+    parser.set_defaults(func=_cli)

@@ -1,0 +1,132 @@
+"""`segloc eval`: localization accuracy of the retrieval prior (PA) and the refined pose (PR).
+
+Without ROS: `segloc eval --queries DIR [DIR ...] --map MAP` localizes every image of kapture or
+COLMAP query folders (the default world's condition folders are kapture) and scores PA and PR
+against their reference poses, per folder (condition). `segloc eval seg` scores the network
+itself (label consistency, retrieval recall). The ROS front end adds `--bag` (segloc_ros.tools.bag_eval).
+All report the same way (`write_report`): JSON, a markdown table, TUM trajectories that evo reads,
+a trajectory plot and an error curve (PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segloc_core.errors import InputError
+from segloc_core.eval import trajectory_metrics as tm
+from segloc_core.net import segmenters
+
+PA, PR = "PA (retrieval prior)", "PR (refined)"
+
+
+@dataclass(frozen=True)
+class Report:
+    metrics: dict[str, tm.LocalizationMetrics]
+    markdown: str
+    out_dir: Path
+
+
+def write_report(out_dir: Path, ground_truth: tm.Trajectory, estimates: Mapping[str, tm.Trajectory],
+                 conditions: Sequence[str] | None = None,
+                 latency_ns: Mapping[str, np.ndarray] | None = None,
+                 extra: Mapping[str, object] | None = None) -> Report:
+    """Score each estimate against `ground_truth` (body poses T_world_body, same stamps) and
+    write metrics.json, metrics.md, TUM files, trajectory_<method>.png and error_curve.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics, errors = {}, {}
+    for name, est in estimates.items():
+        metrics[name] = tm.localization_metrics(
+            est, ground_truth, conditions=conditions,
+            latency_ns=(latency_ns or {}).get(name))
+        errors[name] = tm.frame_errors(est, ground_truth)
+        slug = name.split(" ")[0].lower()
+        tm.write_tum(out_dir / f"{slug}.tum", est)
+        tm.plot_trajectory(out_dir / f"trajectory_{slug}.png", ground_truth, est, errors[name],
+                           title=f"{name} vs ground truth")
+    tm.write_tum(out_dir / "ground_truth.tum", ground_truth)
+    tm.plot_error_curve(out_dir / "error_curve.png", errors)
+    tm.write_json(out_dir / "metrics.json", metrics, extra)
+    table = tm.markdown_table(metrics)
+    (out_dir / "metrics.md").write_text(table + "\n")
+    return Report(metrics, table, out_dir)
+
+
+def evaluate_queries(query_dirs: Sequence[Path], map_path: Path, model_path: Path | None,
+                     out_dir: Path, backend: str = "auto", progress: bool = True,
+                     segmenter: str = "model", world: Path | None = None) -> Report:
+    """Localize every query image (no tracking) and report PA and PR per folder (condition).
+    `segmenter`: "model" or an oracle spec (`segloc_core.net.segmenters`)."""
+    from segloc_core.localize.localizer import localize_queries
+    from segloc_core.maps.format import load_map, size_report
+    from segloc_core.maps.query_sets import load_query_set
+    from segloc_core.net.segmenters import open_segmenter
+
+    labeled_map = load_map(map_path)
+    segmenter = open_segmenter(segmenter, model_path, backend, world)
+    stamps, gt, pa, pr, labels, skipped = [], [], {}, {}, [], []
+    for folder in query_dirs:
+        queries = load_query_set(folder)
+        if any(q.T_cam_world_gt is None for q in queries):
+            raise InputError(f"{folder}: evaluation needs reference poses for every query")
+        for q, result in zip(queries, localize_queries(queries, segmenter, labeled_map,
+                                                       progress=progress)):
+            stamp = len(stamps) + 1   # queries have no common clock: number them
+            stamps.append(stamp)
+            gt.append(q.T_cam_world_gt)
+            labels.append(Path(folder).name)
+            if result.error:
+                skipped.append(f"{q.name}: {result.error}")
+                continue
+            pa[stamp] = result.T_cam_world_prior
+            if result.fix.accepted:
+                pr[stamp] = result.fix.T_cam_world
+
+    def trajectory(poses: dict[int, object]) -> tm.Trajectory:
+        keys = sorted(poses)
+        return tm.Trajectory.from_poses(keys, [poses[k] for k in keys], inverse=True)
+
+    report = size_report(map_path)
+    return write_report(out_dir, tm.Trajectory.from_poses(stamps, gt, inverse=True),
+                        {PA: trajectory(pa), PR: trajectory(pr)}, conditions=labels,
+                        extra={"map": str(map_path), "bytes_per_point": report.bytes_per_point,
+                               "queries": len(stamps), "skipped": skipped,
+                               "poses": "camera (T_world_cam)"})
+
+
+def run_queries(args: argparse.Namespace) -> int:
+    """`segloc eval --queries ...` (also the fallback of the ROS front end without --bag)."""
+    from segloc_core.paths import home, map_path
+
+    if not args.queries:
+        raise InputError("give --queries DIR [DIR ...] (or `segloc eval seg`, or --bag with ROS)")
+    out = args.out or home() / "eval" / "queries"
+    report = evaluate_queries(args.queries, args.map or map_path(), args.model, out, args.backend,
+                              segmenter=args.segmenter, world=args.world)
+    print(report.markdown)
+    print(f"report: {out}")
+    return 0
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--map", type=Path, default=None, help="labeled map (default: the default world's)")
+    parser.add_argument("--model", type=Path, default=None, help="segmentation model (default: shipped)")
+    parser.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch")
+    segmenters.add_arguments(parser)
+    parser.add_argument("--out", type=Path, default=None, help="report folder")
+
+
+def configure_cli(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queries", type=Path, nargs="+", default=None,
+                        help="kapture or COLMAP query folders with reference poses")
+    add_common_arguments(parser)
+    parser.set_defaults(func=run_queries)
+    sub = parser.add_subparsers(dest="what", required=False, metavar="{seg}")
+    from segloc_core.eval import seg_metrics
+
+    seg_metrics.configure_cli(sub.add_parser(
+        "seg", help="network metrics: label consistency and retrieval recall vs baselines"))

@@ -1,0 +1,203 @@
+"""`segloc map`: build, import and inspect labeled maps.
+
+The map type and its file format live in `map_format`, building (world, voting, descriptors) in
+`map_build`, COLMAP / kapture / SfM geometry in `map_colmap`; this module is the entry point that
+ties them to the segmentation model and the command line, and re-exports the map's public names.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from segloc_core.errors import InputError
+from segloc_core.maps.build import BuildConfig, MapGeometry, label_and_describe
+from segloc_core.maps.format import LabeledMap, MapSizeReport, load_map, save_map, size_report
+from segloc_core.net import segmenters
+
+__all__ = ["LabeledMap", "load_map", "save_map", "size_report", "MapSizeReport", "BuildConfig",
+           "MapSource", "build_map", "configure_cli"]
+
+SOURCES = ("world", "colmap", "kapture", "images")
+
+
+@dataclass(frozen=True)
+class MapSource:
+    """Where the geometry comes from.
+
+    world: `path` is a rendered world folder; colmap: `path` is a COLMAP model folder (text or
+    binary) and `image_dir` its images; kapture: `path` is a kapture folder (posed images under
+    sensors/records_data); images: `path` is a folder of images (SfM).
+    """
+
+    kind: str
+    path: Path
+    image_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCES:
+            raise InputError(f"map source must be one of {SOURCES}, got {self.kind!r}")
+        if not Path(self.path).exists():
+            raise InputError(f"{self.path}: map source ({self.kind}) does not exist")
+
+
+def source_geometry(source: MapSource, config: BuildConfig = BuildConfig(), progress: bool = True) -> MapGeometry:
+    from segloc_core.maps import colmap as map_colmap
+
+    if source.kind == "world":
+        from segloc_core.maps.build import world_geometry
+
+        return world_geometry(Path(source.path), config, progress=progress)
+    if source.kind == "colmap":
+        image_dir = source.image_dir or Path(source.path).parent / "images"
+        return map_colmap.colmap_geometry(Path(source.path), Path(image_dir))
+    if source.kind == "kapture":
+        return map_colmap.kapture_geometry(Path(source.path))
+    return map_colmap.sfm_geometry(Path(source.path))
+
+
+def build_map(source: MapSource, out: Path, model_path: Path | None = None,
+              config: BuildConfig = BuildConfig(), progress: bool = True,
+              segmenter: str = "model") -> LabeledMap:
+    """Geometry from `source`, labels and descriptors from the model (or the oracle, on a world:
+    `segloc_core.net.segmenters`), written to `out`."""
+    from segloc_core.net.segmenters import open_segmenter
+
+    world = Path(source.path) if source.kind == "world" else None
+    segmenter = open_segmenter(segmenter, model_path, world=world)
+    labeled = label_and_describe(source_geometry(source, config, progress), segmenter, config, progress)
+    save_map(labeled, out)
+    return labeled
+
+
+def cached_world_map(world: Path, segmenter, out: Path, progress: bool = True,
+                     announce: Callable[[str], None] = lambda _: None) -> Path:
+    """`out`: the world's mapping traversal labelled by `segmenter`, rebuilt only when the world,
+    the segmenter (its model hash) or the map-building code changed (key in `<out>.key.json`)."""
+    import hashlib
+    import json
+
+    from segloc_core.maps import build as map_build
+    from segloc_core.maps import format as map_format
+    from segloc_core.maps.build import world_geometry
+
+    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (map_build, map_format)))
+    key = {"world": json.loads((Path(world) / "world.json").read_text()).get("config_hash"),
+           "model": segmenter.model_hash, "map_code": code.hexdigest()[:16]}
+    key_file = out.with_suffix(".key.json")
+    if out.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
+        announce(f"map {out} is up to date")
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    announce(f"building the map from the mapping traversal -> {out}")
+    save_map(label_and_describe(world_geometry(Path(world), progress=progress), segmenter,
+                                progress=progress), out)
+    key_file.write_text(json.dumps(key))
+    return out
+
+
+def plot_map(m: LabeledMap, out: Path, max_points: int = 200_000) -> Path:
+    """Top view: points coloured by label (shade = confidence), database camera centres on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ids = np.random.default_rng(0).permutation(len(m))[:max_points]
+    xyz = m.xyz_of(ids)
+    centres = np.stack([m.images.T_cam_world(i).center() for i in range(len(m.images))])
+    fig, ax = plt.subplots(figsize=(9, 9), dpi=110)
+    colors = plt.get_cmap("tab20")(m.labels[ids] % 20)
+    colors[:, 3] = 0.15 + 0.85 * m.confidence[ids]
+    ax.scatter(xyz[:, 0], xyz[:, 1], s=0.3, c=colors, linewidths=0)
+    ax.plot(centres[:, 0], centres[:, 1], "k.-", ms=2, lw=0.6, label="database cameras")
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"x [{m.meta.units}]")
+    ax.set_ylabel(f"y [{m.meta.units}]")
+    ax.set_title(f"{len(m)} points, K={m.meta.K} (colour = label mod 20, opacity = confidence)")
+    ax.legend(loc="upper right")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def label_report(m: LabeledMap, poses: int = 50) -> list[str]:
+    """Label quality of a map (`segloc_core.label_metrics`): label sharing by distance against
+    chance, and the effective labels among the points each of `poses` database images sees."""
+    import numpy as np
+
+    from segloc_core import label_metrics
+
+    share = label_metrics.label_share_by_distance(m.xyz, m.labels)
+    images = np.linspace(0, len(m.images) - 1, min(poses, len(m.images))).astype(int)
+    eff = [label_metrics.effective_labels(m.labels[m.points_of_images(np.array([i]))]) for i in images]
+    dist = "  ".join(f"{k} {v:.2f}" for k, v in share.items() if k != "chance")
+    return [f"labels            {len(np.unique(m.labels))} used, {label_metrics.effective_labels(m.labels):.1f} "
+            f"effective; {np.median(eff):.1f} effective among an image's points (median)",
+            f"label sharing     {dist}  (chance {share['chance']:.2f}; place labels fall to chance "
+            "within a few metres)"]
+
+
+def _cli_info(args: argparse.Namespace) -> int:
+    report = size_report(Path(args.map))
+    m = load_map(Path(args.map))
+    print(f"map               {args.map}")
+    print(f"source            {m.meta.source}")
+    print(f"model             {m.meta.model_hash}  (frame {m.meta.frame_id}, units {m.meta.units}, "
+          f"created {m.meta.created_utc})")
+    print("\n".join(report.lines()))
+    print("\n".join(label_report(m)))
+    if args.plot:
+        print(f"top view          {plot_map(m, Path(args.plot))}")
+    return 0
+
+
+def _cli_build(args: argparse.Namespace) -> int:
+    from segloc_core.paths import map_path, world_dir
+
+    kind = args.source
+    path = Path(args.path) if args.path else (world_dir("default") if kind == "world" else None)
+    if path is None:
+        raise InputError(f"--source {kind} needs a path")
+    out = Path(args.out) if args.out else map_path("default" if kind == "world" and not args.path else path.name)
+    config = BuildConfig(min_agreement=args.min_agreement, whitening_dim=args.whitening_dim,
+                         voxel_m=args.voxel, pixel_stride=args.pixel_stride, frame_stride=args.frame_stride)
+    m = build_map(MapSource(kind, path, Path(args.images) if args.images else None), out,
+                  Path(args.model) if args.model else None, config, segmenter=args.segmenter)
+    report = size_report(out)
+    print(f"wrote {out}: {len(m)} points, {len(m.images)} images, {report.bytes_per_point:.2f} bytes/point")
+    return 0
+
+
+def _add_build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--out", help="output map (default: $SEGLOC_HOME/maps/<name>.segmap)")
+    p.add_argument("--model", help="segmentation model (default: the shipped one)")
+    p.add_argument("--segmenter", default="model", help=segmenters.HELP)
+    p.add_argument("--images", help="image folder of a COLMAP model (default: <model>/../images)")
+    p.add_argument("--min-agreement", type=float, default=BuildConfig.min_agreement,
+                   help="drop points whose label got a smaller share of their observations' votes")
+    p.add_argument("--whitening-dim", type=int, default=BuildConfig.whitening_dim)
+    p.add_argument("--voxel", type=float, default=BuildConfig.voxel_m, help="world: dedup voxel, metres")
+    p.add_argument("--pixel-stride", type=int, default=BuildConfig.pixel_stride, help="world: depth subsampling")
+    p.add_argument("--frame-stride", type=int, default=BuildConfig.frame_stride, help="world: every n-th frame")
+
+
+def configure_cli(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="map_command", metavar="ACTION", required=True)
+    info = sub.add_parser("info", help="size and content of a map, against SIFT storage")
+    info.add_argument("map")
+    info.add_argument("--plot", help="write a top-view PNG of the points and cameras here")
+    info.set_defaults(func=_cli_info)
+    build = sub.add_parser("build", help="build a labeled map (default: the default world, shipped model)")
+    build.add_argument("--source", choices=SOURCES, default="world")
+    build.add_argument("path", nargs="?", help="world folder, COLMAP model, kapture folder or image folder")
+    _add_build_options(build)
+    build.set_defaults(func=_cli_build)
+    imp = sub.add_parser("import", help="label an existing COLMAP model (text or binary)")
+    imp.add_argument("path", help="COLMAP model folder")
+    _add_build_options(imp)
+    imp.set_defaults(func=_cli_build, source="colmap")
