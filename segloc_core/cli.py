@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
@@ -39,6 +40,28 @@ BENCHES: dict[str, tuple[str, str]] = {
     "segment": ("segloc_core.bench.segment", "segmentation ms per frame for each available backend"),
     "retrieval": ("segloc_core.bench.retrieval", "faiss query time for 1k, 10k and 100k database images"),
 }
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (rates, durations); nan, inf and <= 0 are usage errors."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0 (frame counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
 
 
 def _load(module: str, attr: str) -> Callable[[argparse.ArgumentParser], None]:

@@ -141,8 +141,24 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_main)
 
 
+def preflight(values: dict[str, str]) -> None:
+    """Check the map and model named on the command line before any process starts, so a bad
+    one is an InputError (exit 4, its reason on stderr) rather than a node failing its configure
+    transition with the reason only in that node's log."""
+    from segloc_core.maps.format import load_map
+    from segloc_core.net.infer import model_files
+
+    if values.get("map"):
+        load_map(Path(values["map"]))
+    if values.get("model"):
+        model_files(values["model"])
+
+
 def _main(args: argparse.Namespace) -> int:
-    graph = localize_graph(parse_assignments(args.arguments))
+    values = parse_assignments(args.arguments)
+    graph = localize_graph(values)
+    if not args.dry_run:
+        preflight(values)
     if args.dry_run:
         for path in graph.params_files:
             validate_params_file(path, graph.declared())

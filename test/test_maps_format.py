@@ -173,3 +173,23 @@ def test_out_of_range_content_is_refused(tmp_path):
     path = save_map(replace(m, visibility=bad), tmp_path / "bad.segmap")
     with pytest.raises(InputError, match="visibility runs"):
         load_map(path)
+
+
+def test_single_bit_flips_anywhere_are_refused_without_traceback(tmp_path):
+    """1000 random single-bit flips over the header (length field included), the payload and the
+    checksum: each is refused with an InputError naming the file (no KeyError, TypeError, ...)."""
+    m, _, _ = synthetic_map(n_points=300, n_images=5)
+    data = serialize_map(m)
+    hlen = struct.unpack_from("<Q", data, 8)[0]
+    regions = [(8, 16 + hlen), (16 + hlen, len(data) - 32), (len(data) - 32, len(data))]
+    rng = np.random.default_rng(0)
+    path = tmp_path / "flipped.segmap"
+    for i in range(1000):
+        lo, hi = regions[i % 3]
+        pos = int(rng.integers(lo, hi))
+        damaged = bytearray(data)
+        damaged[pos] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(InputError) as exc:
+            load_map(path)
+        assert str(path) in str(exc.value)

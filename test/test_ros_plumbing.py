@@ -74,6 +74,44 @@ def test_buffer_interpolates_and_refuses_extrapolation():
         buffer.lookup("map", "camera", 1_500_000_000)
 
 
+def test_buffer_recovers_from_a_future_sample_and_a_jump_back():
+    """One odometry sample stamped 10 years ahead used to prune every later good sample (the edge
+    stayed empty); a replay that starts again from an earlier time did the same. The edge now
+    starts over when a sample is older than the newest minus the cache, as tf2 does on a jump."""
+    buffer = TransformBuffer(cache_time_s=10.0)
+    s = 1_000_000_000
+    t0 = 1_750_000_000 * s
+    buffer.set_transform(pose_to_transform(Pose.identity(), "odom", "base_link", t0))
+    buffer.set_transform(pose_to_transform(Pose.identity(), "odom", "base_link", t0 + 10 * 365 * 86400 * s))
+    for k in range(1, 4):  # good samples again, after the bad one
+        buffer.set_transform(pose_to_transform(Pose.from_rotvec([0, 0, 0], [k, 0, 0]), "odom", "base_link",
+                                               t0 + k * s))
+    np.testing.assert_allclose(buffer.lookup("odom", "base_link", t0 + 2 * s + s // 2).t, [2.5, 0, 0])
+    for k in range(3):  # a second replay of the same bag: time jumps back 3 s... 30 s
+        buffer.set_transform(pose_to_transform(Pose.from_rotvec([0, 0, 0], [k, 0, 0]), "odom", "base_link",
+                                               t0 - 30 * s + k * s))
+    np.testing.assert_allclose(buffer.lookup("odom", "base_link", t0 - 29 * s + s // 2).t, [1.5, 0, 0])
+    buffer.clear()
+    with pytest.raises(TransformUnavailable, match="cleared"):
+        buffer.lookup("odom", "base_link", t0 - 29 * s)
+
+
+def test_stamp_guard_orders_skips_future_and_resets_on_jumps_back():
+    from segloc_ros.nodes.runtime import StampGuard
+
+    g, s = StampGuard(max_ahead_s=5.0, jump_back_s=1.0), 1_000_000_000
+    now = 100 * s
+    assert g.check(90 * s, now) == ("ok", "")
+    g.accept(90 * s)
+    verdict, reason = g.check(now + 10 * 365 * 86400 * s, now)  # a bad stamp far ahead
+    assert verdict == "skip" and "ahead" in reason and g.last_ns == 90 * s  # not taken as the last
+    assert g.check(91 * s, now)[0] == "ok"
+    assert g.check(90 * s - s // 2, now)[0] == "skip"  # reordered by half a second
+    verdict, reason = g.check(60 * s, now)  # the bag starts over
+    assert verdict == "reset" and "jumped back" in reason
+    assert g.check(200 * s, 0)[0] == "ok"  # no clock yet (sim time before /clock): no future test
+
+
 def test_buffer_rejects_nan_transform():
     buffer = TransformBuffer()
     msg = pose_to_transform(Pose.identity(), "odom", "base_link", 1)

@@ -51,6 +51,32 @@ def test_cli_exit_codes(args, code):
 
 
 
+@pytest.mark.parametrize("args", [
+    ("bag", "play", "some_bag", "--rate", "nan"), ("bag", "play", "some_bag", "--rate", "0"),
+    ("eval", "--bag", "some_bag", "--rate", "inf"), ("demo", "--frames", "-5"), ("demo", "--rate", "0"),
+    ("bench", "pipeline", "--rate", "-1"), ("bench", "world", "--frames", "0"),
+])
+def test_nonsense_numbers_are_usage_errors(args, tmp_path):
+    """Rates and frame counts that are nan, inf, zero or negative are refused at parsing (exit 2,
+    one usage line, no traceback), before anything is rendered, written or launched."""
+    env = {**__import__("os").environ, "SEGLOC_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "segloc_ros.cli", *args], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and ("must be" in out.stderr or "not a" in out.stderr)
+    assert not any(tmp_path.iterdir())  # nothing written (demo would render, map and write a bag)
+
+
+def test_launch_refuses_a_bad_map_or_model_before_starting_nodes(tmp_path):
+    bad = tmp_path / "bad.segmap"
+    bad.write_bytes(b"not a map")
+    for arg in (f"map:={bad}", f"map:={tmp_path / 'missing.segmap'}", f"model:={tmp_path / 'missing.onnx'}"):
+        out = _segloc("launch", arg)
+        assert out.returncode == 4, out.stderr
+        assert out.stderr.startswith("segloc: error:") and "Traceback" not in out.stderr
+        assert "started" not in out.stderr  # no node process was launched
+
+
 def test_missing_dependency_names_the_fix():
     """A command whose module cannot import exits 3 with one line that says how to fix it."""
     script = ("import sys; sys.modules['faiss'] = None;"  # what a broken faiss install looks like

@@ -289,3 +289,14 @@ def test_bench_reports_required_figures(capsys):
     for key in ("fps_320x240", "fps_640x480", "baseline_sky_only_fps_640x480", "cpu_ms_per_frame_640x480"):
         assert res[key] > 0
     assert res["ratio_to_baseline_640x480"] < 1.0  # the scene costs more than the sky alone
+
+
+def test_progress_bars_stay_out_of_logs(tiny, tmp_path, capsys):
+    """`segloc world bag` draws a progress bar on a terminal; with stderr captured (a log, CI)
+    nothing of it may appear: no carriage-return updates."""
+    from segloc_core.cli import main
+
+    assert main(["world", "bag", "--world", str(tiny.root), "--condition", "night", "--out", str(tmp_path),
+                 "--max-frames", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "msg/s" not in err

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from segloc_core import label_metrics as lm
 from segloc_core.geometry import Pose, pose_error
 from segloc_core.localize.localizer import Localizer, LocalizerConfig, PriorSource, State
 from segloc_core.localize.refine import LevelInput
+from segloc_core.progress import progress_bar
 
 THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 PERTURBATIONS = {"1m5deg": (1.0, 5.0), "3m10deg": (3.0, 10.0)}
@@ -99,8 +99,8 @@ def run_configuration(segmenter, world: Path, conditions: Sequence[str], stride:
     rows = _Rows([], [], [], [], {k: ([], []) for k in PERTURBATIONS}, [], [], [], [], [], [])
     queries = [rec for cond in conditions for rec in ds.frames(cond)[::stride]]
     t0 = time.perf_counter()
-    for qi, rec in enumerate(tqdm(queries, desc=f"accuracy ({segmenter.backend})", unit="img",
-                                  disable=not progress, file=sys.stderr)):
+    for qi, rec in enumerate(progress_bar(queries, desc=f"accuracy ({segmenter.backend})", unit="img",
+                                  enabled=progress, file=sys.stderr)):
         seg = segmenter.segment(ds.rgb(rec), rec)
         levels = [LevelInput(lv.probs, lv.reductions, segmenter.level_camera(rec.camera, i))
                   for i, lv in enumerate(seg.levels)]

@@ -176,7 +176,7 @@ def _timed(fn, *args) -> tuple[float, float, object]:
 def run_bench(trials: int = 200, speed_runs: int = 30, baseline_runs: int = 8, points: int = 5000,
               seed: int = 0, out_dir: Path | None = None) -> dict:
     """All figures of `segloc bench refine` as a dict (see the module docstring)."""
-    from tqdm import tqdm
+    from segloc_core.progress import progress_bar
 
     rng = np.random.default_rng(seed)
     num_pairs = max(1, trials // 10)
@@ -189,7 +189,7 @@ def run_bench(trials: int = 200, speed_runs: int = 30, baseline_runs: int = 8, p
     # accuracy and basin: trials/pairs starts per pair in the stated range, as many in twice the range
     rows = []  # (init_m, init_deg, final_m, final_deg, in_range)
     cached = []
-    for pair in tqdm(pairs, desc="refine accuracy", file=sys.stderr):
+    for pair in progress_bar(pairs, desc="refine accuracy", file=sys.stderr):
         levels = query_levels(pair, 100, rng)
         pts = map_points(pair, 100, points, rng)
         cached.append((pair, levels, pts))

@@ -46,12 +46,12 @@ def run_bench(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), dim: int = 256,
               floor_ms: float = 5.0) -> dict:
     """Query time per database size with the index `config` picks, the exact baseline at the
     largest size, and the approximate index's recall@1 against exact search."""
-    from tqdm import tqdm
+    from segloc_core.progress import progress_bar
 
     faiss = require("faiss")
     faiss.omp_set_num_threads(threads)
     rows = []
-    for n in tqdm(sizes, desc="retrieval bench", unit="size"):
+    for n in progress_bar(sizes, desc="retrieval bench", unit="size"):
         db, q = synthetic_descriptors(n, dim, n_queries, seed=n)
         t0 = time.perf_counter()
         index = DescriptorIndex(db, config)

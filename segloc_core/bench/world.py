@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 
+from segloc_core.cli import positive_int
 from segloc_core.world import CONDITIONS, DEFAULT_CONDITIONS, WorldConfig
 
 
@@ -63,7 +64,7 @@ def bench_world(frames: int = 60, seed: int = 0) -> dict:
 
 def configure_bench(parser: argparse.ArgumentParser) -> None:
     """`segloc bench world`: JSON with fps_320x240 and fps_640x480 on the last line."""
-    parser.add_argument("--frames", type=int, default=60, help="frames per resolution (spread over the loop)")
+    parser.add_argument("--frames", type=positive_int, default=60, help="frames per resolution (spread over the loop)")
     parser.add_argument("--seed", type=int, default=0)
 
     def run(args: argparse.Namespace) -> int:

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
@@ -45,6 +44,7 @@ from segloc_core.localize.refine import (
     refine_many,
 )
 from segloc_core.maps.format import LabeledMap
+from segloc_core.progress import progress_bar
 
 if TYPE_CHECKING:
     from segloc_core.localize.retrieval import RetrievalConfig
@@ -327,7 +327,7 @@ def localize_queries(queries: Sequence[QueryImage], segmenter, labeled_map: Labe
     retriever = Retriever(labeled_map, retrieval or RetrievalConfig())
     localizer = Localizer(labeled_map, dataclasses.replace(config, tracking=False))
     out = []
-    for query in tqdm(queries, desc="localize", unit="img", disable=not progress):
+    for query in progress_bar(queries, desc="localize", unit="img", enabled=progress):
         bgr = cv2.imread(str(query.image_path), cv2.IMREAD_COLOR)
         if bgr is None:
             out.append(QueryResult(query.name, None, None, 0.0, 0.0, 0.0,

@@ -22,12 +22,12 @@ from typing import Protocol
 
 import numpy as np
 from scipy.spatial import cKDTree
-from tqdm import tqdm
 
 from segloc_core.descriptor import fit_whitening
 from segloc_core.errors import InputError
 from segloc_core.geometry import Camera, Pose
 from segloc_core.maps.format import Cameras, DatabaseImages, LabeledMap, MapMetadata, assemble_map, group_keys
+from segloc_core.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def vote_labels(observations: Observations, prob_lookup: ProbLookup, n_points: i
     images = sorted_images[starts]
     bounds = np.append(starts, len(order))
     votes = np.empty(len(order), np.int64)
-    for j, img in enumerate(tqdm(images, desc="segment + vote", unit="img", disable=not progress)):
+    for j, img in enumerate(progress_bar(images, desc="segment + vote", unit="img", enabled=progress)):
         sel = order[bounds[j]: bounds[j + 1]]
         probs = np.asarray(prob_lookup(int(img), obs.uv[sel]))
         if probs.shape[0] != len(sel):
@@ -168,7 +168,7 @@ def label_and_describe(geometry: MapGeometry, segmenter: SegmenterLike,
         labels, agreement = cells.labels(geometry.xyz_m), np.ones(len(geometry.xyz_m), np.float32)
     else:
         labels, agreement = vote_labels(geometry.observations, lookup, len(geometry.xyz_m), progress)
-    for i in tqdm(range(len(geometry.names)), desc="describe", unit="img", disable=not progress or cells is None):
+    for i in progress_bar(range(len(geometry.names)), desc="describe", unit="img", enabled=progress and cells is not None):
         if i not in lookup.descriptors:  # images that observe no point still need a descriptor
             lookup.segment(i)
     raw = np.stack([lookup.descriptors[i] for i in range(len(geometry.names))])
@@ -214,7 +214,7 @@ def world_geometry(world_path: Path, config: BuildConfig = BuildConfig(), condit
         raise InputError(f"{world_path}: the mapping traversal has {len(frames)} frames, need >= 2")
     keys_all, pts_all = [], []
     depths = []
-    for rec in tqdm(frames, desc="back-project", unit="img", disable=not progress):
+    for rec in progress_bar(frames, desc="back-project", unit="img", enabled=progress):
         depth = ds.depth(rec)
         depths.append(depth)
         uv = rec.camera.pixel_centers()[:: config.pixel_stride, :: config.pixel_stride].reshape(-1, 2)
@@ -233,8 +233,8 @@ def world_geometry(world_path: Path, config: BuildConfig = BuildConfig(), condit
     xyz = np.stack([np.bincount(inverse, pts[:, a]) for a in range(3)], 1) / counts[:, None]
     obs_p, obs_i, obs_uv = [], [], []
     tree = cKDTree(xyz)  # only points within reach of a camera are worth projecting
-    for i, (rec, depth) in enumerate(tqdm(list(zip(frames, depths)), desc="visibility", unit="img",
-                                          disable=not progress)):
+    for i, (rec, depth) in enumerate(progress_bar(list(zip(frames, depths)), desc="visibility", unit="img",
+                                          enabled=progress)):
         near = np.asarray(tree.query_ball_point(rec.T_cam_world.center(), config.max_depth_m * 1.5), np.int64)
         p_cam = rec.T_cam_world.transform(xyz[near])
         ahead = (p_cam[:, 2] > 0.1) & (p_cam[:, 2] < config.max_depth_m)

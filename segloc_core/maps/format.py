@@ -462,6 +462,16 @@ def load_map(path: str | Path) -> LabeledMap:
     except OSError as exc:
         raise InputError(f"{path}: cannot read map file ({exc.strerror})") from exc
     header, payload_start = _parse_header(data, path)
+    try:
+        return _verified_map(header, data, payload_start, path)
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+        # a damaged header can still be valid JSON: a renamed key, a string where a number was
+        raise _refuse(path, "corrupt", f"inconsistent header ({type(exc).__name__}: {exc})") from exc
+
+
+def _verified_map(header: dict, data: bytes, payload_start: int, path: Path) -> LabeledMap:
     if header["format"] != FORMAT_NAME:
         raise _refuse(path, "foreign", f"format {header['format']!r}, expected {FORMAT_NAME!r}")
     version = tuple(header["version"])

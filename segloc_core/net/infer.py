@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from tqdm import tqdm
 
 from segloc_core.errors import DependencyError, InputError, require
 from segloc_core.geometry import Camera
 from segloc_core.net.model import InferenceGraph, ModelConfig, reduction_names
 from segloc_core.paths import default_model_path, home
 from segloc_core.place_labels import PlaceCells
+from segloc_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Segmenter(ABC):
                       total: int | None = None) -> Iterator[SegmentationResult]:
         """Segment a stream of images (e.g. a map's database) in batches, with a progress bar."""
         buf: list[np.ndarray] = []
-        with tqdm(total=total, desc=f"segment ({self.backend})", disable=not progress, unit="img") as bar:
+        with progress_bar(total=total, desc=f"segment ({self.backend})", enabled=progress, unit="img") as bar:
             for im in images:
                 buf.append(im)
                 if len(buf) == batch_size:

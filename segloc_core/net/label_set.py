@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
 from segloc_core.place_labels import PlaceCells
+from segloc_core.progress import progress_bar
 from segloc_core.world.materials import DYNAMIC_IDS, SKY
 
 IGNORE = 255
@@ -90,7 +90,7 @@ def world_label_set(world_dir: Path, conditions: list[str], cells: PlaceCells, m
     recs = [r for c in conditions for r in ds.frames(c)]
     renderer = WorldRenderer(ds.config) if jitter_views > 0 else None
     try:
-        for rec in tqdm(recs, desc="geometry labels", disable=not progress, leave=False):
+        for rec in progress_bar(recs, desc="geometry labels", enabled=progress, leave=False):
             T = rec.T_world_cam
             images.append(ds.rgb(rec))
             labels.append(frame_labels(ds.ids(rec), ds.depth(rec), rec.camera, T, cells, material))

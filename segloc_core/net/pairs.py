@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from segloc_core.errors import InputError
+from segloc_core.progress import progress_bar
 
 SPLIT_CELL_M = 20.0  # side of the square cells that assign places to train / held-out
 HELDOUT_EVERY = 5  # one cell in five is held out (a lattice pattern: every row and column alike)
@@ -101,7 +101,7 @@ def world_pairs(world_dir: Path, size_wh: tuple[int, int], split: str = "train",
         axes[c] = np.array([T.R[:, 2] for T in Tw]).reshape(-1, 3)
     out = PairSet()
     tries = 0
-    with tqdm(total=max_pairs, desc=f"world pairs ({split})", leave=False) as bar:
+    with progress_bar(total=max_pairs, desc=f"world pairs ({split})", leave=False) as bar:
         while len(out.pairs) < max_pairs and tries < max_pairs * 5:
             tries += 1
             ca = ds.mapping_condition if rng.random() < 0.5 and ds.mapping_condition in conds else rng.choice(conds)
@@ -163,7 +163,7 @@ def colmap_pairs(model_dir: Path, image_dir: Path, size_wh: tuple[int, int], max
         raise InputError(f"no image pair in {model_dir} shares >= {min_shared} 3D points")
     order = rng.permutation(len(cand))[:max_pairs]
     out = PairSet()
-    for j in tqdm(order, desc="colmap pairs", leave=False):
+    for j in progress_bar(order, desc="colmap pairs", leave=False):
         a, b, shared = cand[j]
         keys, scales = [], []
         for iid in (a, b):

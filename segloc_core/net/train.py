@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from tqdm import tqdm
 
 from segloc_core.descriptor import Whitening, fit_whitening
 from segloc_core.errors import InputError
@@ -42,6 +41,7 @@ from segloc_core.net import train_geometry
 from segloc_core.net.model import SegLocNet, count_parameters
 from segloc_core.net.pairs import PairSet, colmap_pairs, synthetic_pairs, world_pairs
 from segloc_core.net.train_config import CONFIG_DIR, TrainConfig, TrainResult, pick_device
+from segloc_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +311,8 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
         gen = torch.Generator().manual_seed(cfg.optim.seed * 1000 + epoch)
         sums: dict[str, float] = {}
         te = time.perf_counter()
-        bar = tqdm(range(cfg.optim.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                   disable=not progress, leave=False)
+        bar = progress_bar(range(cfg.optim.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                   enabled=progress, leave=False)
         for it in bar:
             step = epoch * cfg.optim.steps_per_epoch + it
             if fgsn is not None and step > 0 and step % cfg.fgsn.recluster_every == 0:

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from tqdm import tqdm
 
 from segloc_core.errors import InputError
 from segloc_core.net.label_set import IGNORE, LabelSet, load_label_set, world_label_set
 from segloc_core.net.model import SegLocNet, count_parameters, load_state_dict
 from segloc_core.net.train_config import TrainConfig, TrainResult, pick_device
 from segloc_core.place_labels import PlaceCells
+from segloc_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +223,8 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
         gen = torch.Generator().manual_seed(cfg.optim.seed * 1000 + epoch)
         sums = np.zeros(4)
         te = time.perf_counter()
-        bar = tqdm(range(cfg.optim.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                   disable=not progress, leave=False)
+        bar = progress_bar(range(cfg.optim.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                   enabled=progress, leave=False)
         for _ in bar:
             idx = torch.randint(len(train_set), (cfg.optim.batch_pairs,), generator=gen).to(device)
             x = images[idx].permute(0, 3, 1, 2).float()

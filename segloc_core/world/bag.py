@@ -24,6 +24,7 @@ import numpy as np
 
 from segloc_core.errors import InputError, require
 from segloc_core.geometry import Pose
+from segloc_core.progress import progress_bar
 
 MAP_FRAME, ODOM_FRAME, BASE_FRAME, CAMERA_FRAME = "map", "odom", "base_link", "camera_optical_frame"
 TOPIC_IMAGE, TOPIC_INFO, TOPIC_TF, TOPIC_TF_STATIC, TOPIC_GT = (
@@ -41,7 +42,6 @@ def write_world_bag(ds, condition: str, out_path: Path | str, max_frames: int | 
     rosbag2 = require("rosbags.rosbag2")
     from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
-    tqdm = require("tqdm").tqdm
     out = Path(out_path)
     if out.exists():
         if not overwrite:
@@ -101,7 +101,7 @@ def write_world_bag(ds, condition: str, out_path: Path | str, max_frames: int | 
         events = [(int(s), 0, i) for i, s in enumerate(odo.stamps_ns[keep])]
         events += [(f.stamp_ns, 1, i) for i, f in enumerate(frames)]
         events.sort()
-        for stamp, kind, i in tqdm(events, desc=f"bag {condition}", unit="msg", disable=not progress):
+        for stamp, kind, i in progress_bar(events, desc=f"bag {condition}", unit="msg", enabled=progress):
             if kind == 0:
                 put(c_tf, stamp, TFMessage(transforms=[tf(stamp, ODOM_FRAME, BASE_FRAME,
                                                           Pose.from_matrix(odo.T_odom_base[i]))]))

@@ -37,6 +37,7 @@ import numpy as np
 
 from segloc_core.errors import InputError, require
 from segloc_core.geometry import Camera, Pose
+from segloc_core.progress import progress_bar
 from segloc_core.world import materials as M
 from segloc_core.world.conditions import CONDITIONS, DEFAULT_CONDITIONS
 
@@ -261,7 +262,6 @@ def _render_locked(config: WorldConfig, root: Path, force: bool, progress: bool)
     from segloc_core.world.sheet import write_contact_sheet
     from segloc_core.world.trajectory import make_traversal
 
-    tqdm = require("tqdm").tqdm
     cv2 = require("cv2")
     meta_path = root / "world.json"
     h = config.hash()
@@ -300,7 +300,7 @@ def _render_locked(config: WorldConfig, root: Path, force: bool, progress: bool)
             renderer.set_condition(CONDITIONS[cond])
             renderer.set_dynamic(dynamic_mesh(scene, dynamic_objects(scene, config.seed, k, is_map)))
             futures = []
-            for j in tqdm(range(len(t_frames)), desc=f"render {cond}", unit="frame", disable=not progress):
+            for j in progress_bar(range(len(t_frames)), desc=f"render {cond}", unit="frame", enabled=progress):
                 fr = renderer.render(T_cam_world[j], tuple(cam.params), frame_seed=float((config.seed * 7919 + k * 104729 + j) % 1000))
                 name = f"{j:06d}.png"
                 depth_mm = np.where(fr.depth * DEPTH_SCALE_MM < 65535.5, np.round(fr.depth * DEPTH_SCALE_MM), 0).astype(np.uint16)

@@ -98,6 +98,11 @@ class _EdgeSeries(TimeVaryingTransform):
         self.poses: list[Pose] = []
 
     def insert(self, stamp_ns: int, T_parent_child: Pose) -> None:
+        if self.times and stamp_ns < self.times[-1] - self.cache_ns:
+            # time jumped back by more than the cache (bag loop, new replay, a sample stamped in
+            # the future before): start over, as tf2 clears its buffer on a jump back; otherwise
+            # every new sample would be pruned as too old and the edge would stay empty
+            self.times, self.poses = [], []
         i = bisect.bisect_left(self.times, stamp_ns)
         if i < len(self.times) and self.times[i] == stamp_ns:
             self.poses[i] = T_parent_child
@@ -108,6 +113,8 @@ class _EdgeSeries(TimeVaryingTransform):
         del self.times[:drop], self.poses[:drop]
 
     def at(self, stamp_ns: int) -> Pose:
+        if not self.times:
+            raise TransformUnavailable(f"{self.parent} -> {self.child}: no samples since the buffer was cleared")
         if stamp_ns == 0:  # tf2's "latest available"
             return self.poses[-1]
         if not self.times[0] <= stamp_ns <= self.times[-1]:
@@ -154,6 +161,12 @@ class TransformBuffer:
             else:
                 edge.insert(stamp_to_ns(msg.header.stamp), pose)
 
+    def clear(self) -> None:
+        """Forget every time-varying sample (static transforms stay)."""
+        with self._lock:
+            for edge in self._edges.values():
+                edge.times, edge.poses = [], []
+
     def lookup(self, target: str, source: str, stamp_ns: int = 0) -> Pose:
         """T_target_source at `stamp_ns` (0: latest of each edge), interpolated between samples."""
         target, source = target.lstrip("/"), source.lstrip("/")
@@ -170,6 +183,8 @@ class TransformBuffer:
 
 class TFLookup(Protocol):
     def lookup(self, target: str, source: str, stamp_ns: int = 0) -> Pose: ...
+
+    def clear(self) -> None: ...
 
 
 class TFListener:
@@ -199,6 +214,9 @@ class TFListener:
     def lookup(self, target: str, source: str, stamp_ns: int = 0) -> Pose:
         return self.buffer.lookup(target, source, stamp_ns)
 
+    def clear(self) -> None:
+        self.buffer.clear()
+
 
 class _Tf2RosLookup:
     """tf2_ros's Buffer and TransformListener behind the same lookup() (real ROS 2 installs)."""
@@ -219,6 +237,9 @@ class _Tf2RosLookup:
                 self._tf2.ConnectivityException) as exc:
             raise TransformUnavailable(str(exc)) from None
         return transform_to_pose(msg)
+
+    def clear(self) -> None:
+        self.buffer.clear()
 
 
 def create_tf_lookup(node: Node, cache_time_s: float = 10.0, prefer_tf2_ros: bool = True) -> TFLookup:

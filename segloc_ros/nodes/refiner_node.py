@@ -39,7 +39,7 @@ from segloc_ros.adapters.tf import (
     pose_to_transform,
     stamp_to_ns,
 )
-from segloc_ros.nodes.runtime import ManagedNode, spin_node
+from segloc_ros.nodes.runtime import ManagedNode, StampGuard, spin_node
 
 THROTTLE_S = 5.0
 _STATE_MSG = {State.UNINITIALIZED: LocalizationStatus.STATE_UNINITIALIZED,
@@ -77,7 +77,7 @@ class RefinerNode(ManagedNode):
         self._initialpose: PoseWithCovarianceStamped | None = None
         self._last_odom_cam: Pose | None = None   # T_odom_cam at the last accepted fix
         self._T_map_odom: Pose | None = None
-        self._last_stamp_ns = -1
+        self._stamps = StampGuard()
         self.pub_pose = self.publisher(PoseWithCovarianceStamped, "pose", 10)
         self.pub_status = self.publisher(LocalizationStatus, "status", 10)
 
@@ -149,9 +149,12 @@ class RefinerNode(ManagedNode):
     def process(self, msg: Segmentation) -> None:
         start = time.monotonic()
         stamp = stamp_to_ns(msg.header.stamp)
-        if stamp <= self._last_stamp_ns:
-            self._skip(f"segmentation stamp {stamp * 1e-9:.3f} s is not after the last processed "
-                       "one (out of order)", stamp)
+        verdict, reason = self._stamps.check(stamp, self.get_clock().now().nanoseconds)
+        if verdict == "reset":
+            self.get_logger().warning(reason)
+            self._reset_time()
+        elif verdict == "skip":
+            self._skip(f"segmentation {reason}", stamp)
             return
         if msg.model_hash != self.localizer.map.meta.model_hash:
             self._skip(f"segmentation from model {msg.model_hash}, but the map was labelled by "
@@ -169,6 +172,9 @@ class RefinerNode(ManagedNode):
         if self.p["use_odometry"]:
             try:
                 T_odom_base = self.tf.lookup(self.p["odom_frame"], self.p["base_frame"], stamp)
+                if not T_odom_base.is_finite():
+                    raise TransformUnavailable(f"{self.p['odom_frame']} -> {self.p['base_frame']} is not "
+                                               "finite (NaN or inf in the odometry)")
             except TransformUnavailable as exc:
                 self.get_logger().warning(f"no odometry at the image stamp ({exc}); refining "
                                           "without it and not publishing map->odom",
@@ -179,7 +185,7 @@ class RefinerNode(ManagedNode):
             return
         T_cam_map, source, image_ids = prior
         fix = self.localizer.localize(levels, T_cam_map, source, image_ids)
-        self._last_stamp_ns = stamp
+        self._stamps.accept(stamp)
         if fix.accepted:
             self._publish_fix(msg, fix, T_base_cam, T_odom_base)
         else:
@@ -187,6 +193,18 @@ class RefinerNode(ManagedNode):
         latency_ms = (self.get_clock().now().nanoseconds - stamp) * 1e-6
         self._publish_status(stamp, fix, latency_ms=latency_ms)
         self.stats.done((time.monotonic() - start) * 1e3)
+
+    def _reset_time(self) -> None:
+        """After a jump back in time: forget the track, priors, odometry anchor and TF samples
+        of the old timeline (tf2 clears its buffer the same way)."""
+        with self._lock:
+            self._priors.clear()
+            self._waiting.clear()
+        self.localizer.reset()
+        self._stamps.reset()
+        self._last_odom_cam = None
+        self._T_map_odom = None
+        self.tf.clear()
 
     def _prior(self, stamp: int, T_base_cam: Pose, T_odom_base: Pose | None):
         """(T_cam_map, source, image ids or None) for the frame, or None if there is none."""

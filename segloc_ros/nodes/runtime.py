@@ -69,6 +69,42 @@ class LatestSlot(Generic[T]):
         return self._closed
 
 
+class StampGuard:
+    """What a frame's stamp means for a node's state, the way tf2 treats its clock.
+
+    - after the last accepted stamp: in order ("ok");
+    - at most `jump_back_s` before it: repeated or reordered ("skip");
+    - more than `jump_back_s` before it: time jumped back (a looping or second bag replay, a
+      simulator restart): the node resets its state and goes on ("reset"), as tf2 clears its
+      buffer on a detected jump back;
+    - more than `max_ahead_s` after the node's clock (when the clock runs): a bad stamp ("skip")
+      that must not become the last one, or every later good frame would look out of order.
+    Nothing changes until the caller `accept`s a stamp."""
+
+    def __init__(self, max_ahead_s: float = 5.0, jump_back_s: float = 1.0) -> None:
+        self.max_ahead_ns, self.jump_back_ns = int(max_ahead_s * 1e9), int(jump_back_s * 1e9)
+        self.last_ns = -1
+
+    def check(self, stamp_ns: int, now_ns: int) -> tuple[str, str]:
+        if now_ns > 0 and stamp_ns > now_ns + self.max_ahead_ns:
+            return "skip", (f"stamp {stamp_ns * 1e-9:.3f} s is {(stamp_ns - now_ns) * 1e-9:.1f} s ahead of "
+                            "this node's clock (a bad stamp, or a clock not synchronised)")
+        if self.last_ns >= 0 and stamp_ns <= self.last_ns:
+            back = self.last_ns - stamp_ns
+            if back > self.jump_back_ns:
+                return "reset", (f"time jumped back {back * 1e-9:.1f} s (bag loop, new replay or "
+                                 "simulator restart): state reset")
+            return "skip", (f"stamp {stamp_ns * 1e-9:.3f} s is not after the last one "
+                            f"({self.last_ns * 1e-9:.3f} s): out of order or repeated")
+        return "ok", ""
+
+    def accept(self, stamp_ns: int) -> None:
+        self.last_ns = stamp_ns
+
+    def reset(self) -> None:
+        self.last_ns = -1
+
+
 class FrameStats:
     """Counts and latencies of one node's frames, published as a DiagnosticStatus."""
 

@@ -22,7 +22,7 @@ from segloc_msgs.msg import GlobalDescriptor, Segmentation
 from segloc_ros.adapters.image_conversion import camera_info_to_camera, image_to_rgb8
 from segloc_ros.adapters.segmentation_msg import pack_segmentation
 from segloc_ros.adapters.tf import stamp_to_ns
-from segloc_ros.nodes.runtime import ManagedNode, spin_node
+from segloc_ros.nodes.runtime import ManagedNode, StampGuard, spin_node
 
 PAIRING_TIMEOUT_S = 0.5  # how long an image may wait for its CameraInfo
 
@@ -47,7 +47,7 @@ class SegmentationNode(ManagedNode):
                                f"{self.segmenter.backend}")
         self._infos: deque[CameraInfo] = deque(maxlen=30)
         self._pending: dict[int, Image] = {}   # images waiting for their CameraInfo, by stamp
-        self._last_stamp_ns = -1
+        self._stamps = StampGuard()
         self.pub_seg = self.publisher(Segmentation, "segmentation", 2)
         self.pub_desc = self.publisher(GlobalDescriptor, "descriptor", 10)
 
@@ -76,9 +76,13 @@ class SegmentationNode(ManagedNode):
     def on_image(self, image: Image) -> None:
         self.stats.received += 1
         stamp = stamp_to_ns(image.header.stamp)
-        if stamp <= self._last_stamp_ns or stamp in self._pending:
-            self._skip(f"image stamp {stamp * 1e-9:.3f} s is not after the last one "
-                       f"({self._last_stamp_ns * 1e-9:.3f} s): out of order or repeated")
+        verdict, reason = self._stamps.check(stamp, self.get_clock().now().nanoseconds)
+        if verdict == "reset":
+            self.get_logger().warning(reason)
+            self._stamps.reset()
+            self._pending.clear()  # CameraInfos are matched by stamp: old ones simply never match
+        elif verdict == "skip" or stamp in self._pending:
+            self._skip(f"image {reason or f'stamp {stamp * 1e-9:.3f} s is already waiting'}")
             return
         self._pending[stamp] = image   # its CameraInfo may still be on the way
         self._pair(stamp)
@@ -100,7 +104,7 @@ class SegmentationNode(ManagedNode):
             for old in superseded + [stamp]:
                 del self._pending[old]
             self.worker.count_dropped(len(superseded))
-            self._last_stamp_ns = stamp
+            self._stamps.accept(stamp)
             self.worker.put(_Frame(image, info, time.monotonic_ns()))
         limit = newest_ns - int(PAIRING_TIMEOUT_S * 1e9)
         for old in [s for s in self._pending if s < limit]:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from segloc_core.cli import positive_float
 from segloc_core.errors import InputError
 
 if TYPE_CHECKING:
@@ -634,7 +635,7 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bag_command", metavar="{play,record}", required=True)
     play = sub.add_parser("play", help="publish a rosbag2 (MCAP or sqlite3) at its recorded pace")
     play.add_argument("bag", type=Path, help="rosbag2 directory (or a single .mcap/.db3 file)")
-    play.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    play.add_argument("--rate", type=positive_float, default=1.0, help="playback speed factor")
     play.add_argument("--loop", action="store_true", help="repeat until interrupted")
     play.add_argument("--clock", type=float, nargs="?", const=100.0, default=None, metavar="HZ",
                       help="publish bag time on /clock (default 100 Hz)")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segloc_core.cli import positive_float
 from segloc_core.errors import CheckFailed, InputError
 from segloc_core.eval.evaluate import Report
 from segloc_core.geometry import Pose
@@ -309,5 +310,5 @@ def configure_cli(parser) -> None:
     parser.add_argument("--ground-truth", type=Path, default=None,
                         help="TUM or kapture trajectory of base_link (default: the bag's "
                              "/ground_truth/pose topic)")
-    parser.add_argument("--rate", type=float, default=1.0, help="playback rate")
+    parser.add_argument("--rate", type=positive_float, default=1.0, help="playback rate")
     parser.set_defaults(func=_run)

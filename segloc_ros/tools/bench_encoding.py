@@ -19,7 +19,9 @@ import json
 import time
 
 import numpy as np
-from tqdm import tqdm
+
+from segloc_core.cli import positive_int
+from segloc_core.progress import progress_bar
 
 ENCODINGS = (("float32", 0), ("dense_u8", 0), ("topn_u8", 8), ("topn_u8", 3))
 
@@ -47,7 +49,7 @@ def bench_encoding(frames: int = 80) -> dict:
     localizer = Localizer(labeled_map)
     stats = {f"{name}{f'_top{n}' if n else ''}": {"bytes": [], "ms": [], "fixes": []}
              for name, n in ENCODINGS}
-    for rec in tqdm(world.frames("overcast"), desc="encodings", unit="frame"):
+    for rec in progress_bar(world.frames("overcast"), desc="encodings", unit="frame"):
         result = segmenter.segment(world.rgb(rec))
         prior = retriever.prior(result.descriptor)
         for (name, n), key in zip(ENCODINGS, stats):
@@ -101,5 +103,5 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def configure_bench(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--frames", type=int, default=80, help="frames of the overcast traversal")
+    parser.add_argument("--frames", type=positive_int, default=80, help="frames of the overcast traversal")
     parser.set_defaults(func=_run)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from segloc_core import paths
+from segloc_core.cli import positive_float, positive_int
 
 SIZES = ((320, 240), (640, 480))
 STATE_LOCALIZED = 1  # segloc_msgs/LocalizationStatus.STATE_LOCALIZED (no ROS import at module load)
@@ -114,8 +115,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", nargs="+", default=[f"{w}x{h}" for w, h in SIZES])
-    parser.add_argument("--rate", type=float, default=10.0, help="camera rate of the bag (Hz)")
-    parser.add_argument("--frames", type=int, default=300,
+    parser.add_argument("--rate", type=positive_float, default=10.0, help="camera rate of the bag (Hz)")
+    parser.add_argument("--frames", type=positive_int, default=300,
                         help="frames per bag (300: a 30 s drive, start-up included)")
     parser.add_argument("--map", type=Path, default=None, help="map (default: the default world's)")
     parser.add_argument("--model", type=Path, default=None, help="model (default: shipped)")

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from segloc_core import paths
+from segloc_core.cli import positive_float, positive_int
 from segloc_core.eval.evaluate import Report
 
 
@@ -81,8 +82,8 @@ def run_demo(condition: str = "autumn", max_frames: int | None = 150, rate: floa
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--condition", default="autumn", help="query traversal's condition")
-    parser.add_argument("--frames", type=int, default=150, help="frames of the query bag")
-    parser.add_argument("--rate", type=float, default=1.0, help="bag playback rate")
+    parser.add_argument("--frames", type=positive_int, default=150, help="frames of the query bag")
+    parser.add_argument("--rate", type=positive_float, default=1.0, help="bag playback rate")
     parser.add_argument("--model", type=Path, default=None, help="model (default: shipped)")
     parser.set_defaults(func=_run)
 
