@@ -9,6 +9,7 @@ same `name:=value` launch arguments, defined in LAUNCH_ARGUMENTS.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,9 @@ def _spec(node_type: str, param: str) -> ParamSpec:
     return next(spec for spec in NODE_PARAMS[node_type] if spec.name == param)
 
 
+_NAMESPACE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*)?$")
+
+
 def localize_graph(values: Mapping[str, str]) -> Graph:
     """The segmentation -> retrieval -> refiner graph for the given launch arguments."""
     args = parse_launch_arguments(values)
@@ -133,6 +137,10 @@ def localize_graph(values: Mapping[str, str]) -> Graph:
         respawn = ParamSpec("respawn", True, "").parse(args["respawn"])
     except ValueError as exc:
         raise InputError(f"launch argument: {exc}") from None
+    namespace = args["namespace"].strip("/")
+    if not _NAMESPACE.match(namespace):
+        raise InputError(f"launch argument namespace:={args['namespace']!r} is not a ROS namespace "
+                         "(tokens of letters, digits and '_' separated by '/', none starting with a digit)")
     files = [share_dir() / "config" / "segloc.yaml"]
     if args["params_file"]:
         files.append(Path(args["params_file"]).expanduser().resolve())
@@ -140,7 +148,7 @@ def localize_graph(values: Mapping[str, str]) -> Graph:
         NodeSpec(name, name, f"segloc_ros.nodes.{name}", specs,
                  {**overrides[name], "use_sim_time": sim_time}, respawn)
         for name, specs in NODE_PARAMS.items())
-    graph = Graph(args["namespace"].strip("/"), tuple(files), nodes)
+    graph = Graph(namespace, tuple(files), nodes)
     # the lifecycle nodes wait for configure/activate: the manager brings them (and respawned
     # ones) up; it exits when a node cannot configure, which stops the graph (no respawn)
     manager = NodeSpec("lifecycle_manager", "lifecycle_manager", "segloc_ros.nodes.lifecycle_manager",

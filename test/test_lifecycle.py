@@ -94,8 +94,13 @@ def test_configure_without_map_fails_and_the_node_keeps_running(tmp_path, client
 
 
 def test_launcher_stops_the_graph_when_a_node_cannot_configure(tmp_path):
+    # through a parameter file: `map:=` on the command line is checked before any node starts
+    # (test_setup), a map named in a parameter file is first read by the nodes' configure
     missing = tmp_path / "missing.segmap"
-    out = subprocess.run([sys.executable, "-m", "segloc_ros.cli", "launch", f"map:={missing}",
+    params = tmp_path / "params.yaml"
+    params.write_text(f"/**/retrieval_node:\n  ros__parameters:\n    map_path: {missing}\n"
+                      f"/**/refiner_node:\n  ros__parameters:\n    map_path: {missing}\n")
+    out = subprocess.run([sys.executable, "-m", "segloc_ros.cli", "launch", f"params_file:={params}",
                           "namespace:=lc_c"], env=ros_environment(), capture_output=True, text=True,
                          timeout=120)
     text = out.stdout + out.stderr

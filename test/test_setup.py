@@ -41,7 +41,8 @@ def test_cli_help_lists_commands_and_exit_codes():
 
 @pytest.mark.parametrize("args, code", [
     ((), 2), (("no-such-command",), 2), (("launch", "--dry-run", "tracking:=maybe"), 4),
-    (("launch", "--dry-run", "map:=/tmp/x.segmap"), 0),
+    (("launch", "--dry-run", "map:=/tmp/x.segmap"), 0), (("launch", "--dry-run", "namespace:=a b"), 4),
+    (("launch", "namespace:=a b"), 4), (("launch", "--dry-run", "namespace:=robot_1/segloc"), 0),
 ])
 def test_cli_exit_codes(args, code):
     out = _segloc(*args)

@@ -203,8 +203,39 @@ def replay(bag: Path, map_path: Path, model_path: Path | None = None, *, rate: f
     return recorder.rec
 
 
-def read_bag_ground_truth(bag: Path, topic: str = "/ground_truth/pose") -> tuple[np.ndarray, list[Pose], Pose]:
-    """(stamps_ns, T_map_base list) from a PoseStamped topic, and T_base_cam from /tf_static."""
+def check_inputs(bags: list[Path], map_path: Path, model_path: Path | None) -> None:
+    """Refuse, before any graph starts, what would otherwise run and report 0 % or die in a node:
+    an unreadable map, a map labelled by another model than the one to run (every frame would be
+    skipped), a bag with no camera images."""
+    from rosbags.rosbag2 import Reader
+
+    from segloc_core.maps.format import load_map
+    from segloc_core.net.infer import file_hash, model_files
+
+    m = load_map(map_path)
+    files = model_files(model_path)
+    hashes = {file_hash(files.weights, files.config_yaml)}
+    if files.onnx.is_file():
+        hashes.add(file_hash(files.onnx))
+    if m.meta.model_hash not in hashes:
+        raise InputError(f"map {map_path} was labelled by model {m.meta.model_hash}, the model to run "
+                         f"({files.onnx}) is {' / '.join(sorted(hashes))}: every frame would be skipped. "
+                         "Rebuild the map with this model (segloc map build) or pass the map's model "
+                         "with --model")
+    for bag in bags:
+        try:
+            with Reader(bag) as reader:
+                images = [c.topic for c in reader.connections if c.msgtype == "sensor_msgs/msg/Image"]
+        except Exception as exc:  # rosbags raises many types for a broken bag
+            raise InputError(f"cannot read bag {bag}: {exc}") from exc
+        if not images:
+            raise InputError(f"bag {bag} has no sensor_msgs/Image topic: nothing to localize")
+
+
+def read_bag_ground_truth(bag: Path, topic: str = "/ground_truth/pose",
+                          required: bool = True) -> tuple[np.ndarray, list[Pose], Pose]:
+    """(stamps_ns, T_map_base list) from a PoseStamped topic, and T_base_cam from /tf_static;
+    `required=False`: the topic may be missing (ground truth from a file)."""
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
 
@@ -228,7 +259,7 @@ def read_bag_ground_truth(bag: Path, topic: str = "/ground_truth/pose") -> tuple
                                                              np.array([t.x, t.y, t.z]))
     except Exception as exc:  # rosbags raises many types for a broken bag
         raise InputError(f"cannot read ground truth from bag {bag}: {exc}") from exc
-    if not stamps:
+    if not stamps and required:
         raise InputError(f"bag {bag} has no ground-truth topic {topic}; give --ground-truth FILE")
     if T_base_cam is None:
         raise InputError(f"bag {bag} has no base_link -> camera transform on /tf_static")
@@ -243,13 +274,14 @@ def evaluate_bags(bags: list[Path], map_path: Path, model_path: Path | None, out
     from segloc_core.eval.evaluate import PA, PR, write_report
     from segloc_core.maps.format import size_report
 
+    check_inputs(bags, map_path, model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = out_dir / "eval_params.yaml"   # score the prior on every frame, not only when lost
     params.write_text("/**/retrieval_node:\n  ros__parameters:\n    retrieve_while_tracking: true\n")
     gt_stamps, gt_poses, labels, est = [], [], [], {PA: {}, PR: {}}
     latency, rss, processed = [], {}, {}
     for bag in bags:
-        stamps, poses, T_base_cam = read_bag_ground_truth(bag)
+        stamps, poses, T_base_cam = read_bag_ground_truth(bag, required=ground_truth is None)
         if ground_truth is not None:
             is_kapture = ground_truth.read_text(errors="replace").startswith("# kapture")
             gt = tm.read_kapture_trajectory(ground_truth) if is_kapture else tm.read_tum(ground_truth)

@@ -1,0 +1,74 @@
+"""`segloc eval --bag` refuses, before any graph starts, inputs that used to run and report 0 %
+or fail inside a node: a map labelled by another model, a truncated map, a bag without images."""
+
+from __future__ import annotations
+
+import pytest
+
+from segloc_ros.cli import main
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    import yaml
+
+    from segloc_core.maps.build import BuildConfig, build_world_map
+    from segloc_core.maps.format import save_map
+    from segloc_core.net.infer import load_segmenter
+    from segloc_core.net.model import ModelConfig, SegLocNet
+    from segloc_core.world import load_world, render_tiny_world, write_world_bag
+
+    root = tmp_path_factory.mktemp("eval_inputs")
+    try:
+        world = render_tiny_world(root / "world")
+    except Exception as exc:  # headless GL missing on this machine
+        pytest.skip(f"cannot render the tiny world here: {exc}")
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_classes=16, width=0.25, input_width=160, input_height=112)
+    model = root / "other.pt"
+    torch.save(SegLocNet(cfg).state_dict(), model)
+    model.with_suffix(".yaml").write_text(yaml.safe_dump({"model": cfg.to_dict()}))
+    seg = load_segmenter(model, "torch", threads=1)
+    map_path = save_map(build_world_map(world, seg, BuildConfig(min_agreement=0.0), progress=False),
+                        root / "other_model.segmap")
+    bag = write_world_bag(load_world(world), "night", root / "bag")
+    return root, map_path, bag, model
+
+
+def _run(capsys, *args):
+    code = main(["eval", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def test_map_of_another_model_is_refused_before_replay(inputs, capsys, tmp_path):
+    root, map_path, bag, _ = inputs
+    code, err = _run(capsys, "--bag", bag, "--map", map_path, "--out", tmp_path / "out")
+    assert code == 4 and "labelled by model" in err and "Rebuild the map" in err
+    assert not (tmp_path / "out").exists()  # no graph was started, no report written
+
+
+def test_truncated_map_names_the_damage(inputs, capsys, tmp_path):
+    root, map_path, bag, model = inputs
+    cut = tmp_path / "cut.segmap"
+    cut.write_bytes(map_path.read_bytes()[:5000])
+    code, err = _run(capsys, "--bag", bag, "--map", cut, "--model", model, "--out", tmp_path / "out")
+    assert code == 4 and "truncated" in err
+
+
+def test_bag_without_images_is_refused_even_with_ground_truth_file(inputs, capsys, tmp_path):
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    root, map_path, bag, model = inputs
+    store = get_typestore(Stores.ROS2_KILTED)
+    string = store.types["std_msgs/msg/String"]
+    empty = tmp_path / "no_images"
+    with Writer(empty, version=9) as writer:
+        conn = writer.add_connection("/chatter", string.__msgtype__, typestore=store)
+        writer.write(conn, 1, store.serialize_cdr(string(data="x"), string.__msgtype__))
+    gt = tmp_path / "gt.tum"
+    gt.write_text("1.0 0 0 0 0 0 0 1\n")
+    code, err = _run(capsys, "--bag", empty, "--map", map_path, "--model", model, "--ground-truth", gt,
+                     "--out", tmp_path / "out")
+    assert code == 4 and "no sensor_msgs/Image topic" in err
