@@ -34,7 +34,7 @@ from segloc_core.world.dataset import (
     load_world,
     render_world,
 )
-from segloc_core.world.trajectory import nearest_frame
+from segloc_core.world.sheet import nearest_frame
 
 __all__ = ["CONDITIONS", "DEFAULT_CONDITIONS", "FrameRecord", "Odometry", "WorldConfig", "WorldDataset", "WorldRenderer",
            "configure_cli", "correspondences", "correspondences_from_depth",

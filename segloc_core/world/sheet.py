@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from segloc_core.errors import require
-from segloc_core.world.trajectory import nearest_frame
 
 
 def write_contact_sheet(ds, out_path: Path, n_places: int = 4) -> Path:
@@ -37,3 +36,12 @@ def write_contact_sheet(ds, out_path: Path, n_places: int = 4) -> Path:
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
     return out_path
+
+
+def nearest_frame(frames: list, T_world_cam) -> int:
+    """Index of the frame (anything with `T_world_cam`) whose camera centre is nearest to T_world_cam's, among those facing
+    the same way (within 60 degrees): the same place in another traversal."""
+    c = np.array([f.T_world_cam.t for f in frames])
+    fwd = np.array([f.T_world_cam.R[:, 2] for f in frames])
+    d = np.linalg.norm(c - T_world_cam.t, axis=1) + 1e6 * (fwd @ T_world_cam.R[:, 2] < 0.5)
+    return int(np.argmin(d))

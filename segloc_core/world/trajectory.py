@@ -121,12 +121,3 @@ def _wheel_odometry(xy: np.ndarray, yaw: np.ndarray, rng: np.random.Generator, d
     T[:, 0, 0], T[:, 0, 1], T[:, 1, 0], T[:, 1, 1] = np.cos(th), -np.sin(th), np.sin(th), np.cos(th)
     T[:, 0, 3], T[:, 1, 3] = px, py
     return T
-
-
-def nearest_frame(frames: list, T_world_cam) -> int:
-    """Index of the frame (anything with `T_world_cam`) whose camera centre is nearest to T_world_cam's, among those facing
-    the same way (within 60 degrees): the same place in another traversal."""
-    c = np.array([f.T_world_cam.t for f in frames])
-    fwd = np.array([f.T_world_cam.R[:, 2] for f in frames])
-    d = np.linalg.norm(c - T_world_cam.t, axis=1) + 1e6 * (fwd @ T_world_cam.R[:, 2] < 0.5)
-    return int(np.argmin(d))
