@@ -48,3 +48,14 @@ def long_bag_assets(tmp_path_factory):
     config = WorldConfig(width=160, height=120, frame_rate_hz=25.0, max_frames=1000,
                          conditions=("summer", "overcast"), mapping_condition="summer")
     return _build(tmp_path_factory.mktemp("long"), config, BuildConfig(frame_stride=10))
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """The tiny rendered world (12 frames at 160x120, three conditions), shared read-only."""
+    from segloc_core.world import render_tiny_world
+
+    try:
+        return render_tiny_world(tmp_path_factory.mktemp("tiny_world"))
+    except Exception as exc:  # headless GL missing on this machine
+        pytest.skip(f"cannot render the tiny world here: {exc}")

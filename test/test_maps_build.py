@@ -16,13 +16,6 @@ MAUPERTUIS = Path(__file__).resolve().parent / "data" / "maupertuis"  # BSD-3, N
 
 
 @pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory) -> Path:
-    from segloc_core.world import render_tiny_world
-
-    return render_tiny_world(tmp_path_factory.mktemp("world"))
-
-
-@pytest.fixture(scope="module")
 def untrained_model(tmp_path_factory) -> Path:
     """A real (randomly initialised, untrained) segmentation model: the shipped one comes later."""
     torch = pytest.importorskip("torch")

@@ -155,16 +155,6 @@ def test_fgsn_mode_trains_with_reclustering(tmp_path):
     assert np.isfinite(row["class"]) and np.isfinite(row["corr"]) and "dc_ce" not in row
 
 
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    from segloc_core.world import render_tiny_world
-
-    try:
-        return render_tiny_world(tmp_path_factory.mktemp("world"))
-    except Exception as exc:  # headless GL missing on this machine
-        pytest.skip(f"cannot render the tiny world here: {exc}")
-
-
 def test_world_pairs_cross_conditions(tiny_world):
     ps = world_pairs(tiny_world, (64, 48), "train", max_pairs=6, max_corr=50, min_corr=20, seed=0)
     assert len(ps) == 6

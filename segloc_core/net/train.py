@@ -21,7 +21,6 @@ of the last clustering (FGSN stores them per image; same labels as long as featu
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
@@ -32,15 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 from segloc_core.descriptor import Whitening, fit_whitening
 from segloc_core.errors import InputError
 from segloc_core.net import losses as L
 from segloc_core.net import train_geometry
-from segloc_core.net.model import SegLocNet, count_parameters
+from segloc_core.net.model import SegLocNet
 from segloc_core.net.pairs import PairSet, colmap_pairs, synthetic_pairs, world_pairs
-from segloc_core.net.train_config import CONFIG_DIR, TrainConfig, TrainResult, pick_device
+from segloc_core.net.train_config import CONFIG_DIR, TrainConfig, TrainResult
+from segloc_core.net.train_outputs import finish_run, start_run, write_epoch_logs
 from segloc_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -265,11 +264,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
     if cfg.mode == "geometry":
         return train_geometry.train(cfg, out_dir, resume, progress)
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.optim.threads)
-    torch.manual_seed(cfg.optim.seed)
-    device = pick_device(cfg.optim.device)
+    out_dir, device = start_run(cfg, out_dir)
     train_ps, held_ps = load_pairs(cfg, "train"), load_pairs(cfg, "heldout")
     log.info("%d training pairs over %d images, %d held-out pairs", len(train_ps), len(train_ps.images), len(held_ps))
     net = SegLocNet(cfg.model).to(device)
@@ -339,32 +334,12 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "epoch": epoch + 1, "rows": rows, "config": cfg.to_dict(), "warm_centers": warm}, ckpt_path)
-        _write_logs(rows, out_dir)
-    weights, model_yaml = out_dir / "model.pt", out_dir / "model.yaml"
-    torch.save(net.state_dict(), weights)
-    model_yaml.write_text(yaml.safe_dump({"model": cfg.model.to_dict(), "training": cfg.to_dict(),
-                                          "parameters": count_parameters(net)}, sort_keys=False))
-    seconds = time.perf_counter() - t0
-    summary = {"rows": rows, "seconds_this_run": round(seconds, 1), "config": cfg.to_dict(),
-               "parameters": count_parameters(net), "train_pairs": len(train_ps), "heldout_pairs": len(held_ps)}
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    if rows:
-        _plot(rows, out_dir / "training.png")
-    return TrainResult(weights, model_yaml, out_dir / "metrics.json", out_dir / "training.png", seconds,
-                       rows[-1] if rows else {})
+        write_epoch_logs(rows, out_dir, _plot)
+    return finish_run(net, cfg, out_dir, rows, t0, {"train_pairs": len(train_ps), "heldout_pairs": len(held_ps)})
 
 
 def _without_epochs(d: dict) -> dict:
     return {**d, "optim": {k: v for k, v in d["optim"].items() if k != "epochs"}}
-
-
-def _write_logs(rows: list[dict], out_dir: Path) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out_dir / "metrics.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=keys)
-        wr.writeheader()
-        wr.writerows(rows)
-    _plot(rows, out_dir / "training.png")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -19,8 +19,6 @@ Checkpoints after every epoch (`resume` continues), per-epoch held-out accuracy,
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import time
@@ -29,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 from segloc_core.errors import InputError
 from segloc_core.net.label_set import IGNORE, LabelSet, load_label_set, world_label_set
-from segloc_core.net.model import SegLocNet, count_parameters, load_state_dict
-from segloc_core.net.train_config import TrainConfig, TrainResult, pick_device
+from segloc_core.net.model import SegLocNet, load_state_dict
+from segloc_core.net.train_config import TrainConfig, TrainResult
+from segloc_core.net.train_outputs import finish_run, start_run, write_epoch_logs
 from segloc_core.place_labels import PlaceCells
 from segloc_core.progress import progress_bar
 
@@ -186,14 +184,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train per `cfg` (mode geometry) into `out_dir`; `resume` continues from its checkpoint."""
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.optim.threads)
-    torch.manual_seed(cfg.optim.seed)
-    device = pick_device(cfg.optim.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    out_dir, device = start_run(cfg, out_dir)
     g = cfg.geometry
     data = resized(load_data(cfg, progress), (cfg.model.input_width, cfg.model.input_height))
     train_set, held = split(data, g.heldout_every)
@@ -246,24 +237,8 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "epoch": epoch + 1, "rows": rows, "config": cfg.to_dict()}, ckpt_path)
-        _write_logs(rows, out_dir)
-    weights, model_yaml = out_dir / "model.pt", out_dir / "model.yaml"
-    torch.save(net.state_dict(), weights)
-    model_yaml.write_text(yaml.safe_dump({"model": cfg.model.to_dict(), "training": cfg.to_dict(),
-                                          "parameters": count_parameters(net)}, sort_keys=False))
-    seconds = time.perf_counter() - t0
-    summary = {"rows": rows, "seconds_this_run": round(seconds, 1), "config": cfg.to_dict(),
-               "parameters": count_parameters(net), "train_views": len(train_set), "heldout_views": len(held),
-               "device": str(device)}
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    return TrainResult(weights, model_yaml, out_dir / "metrics.json", out_dir / "training.png", seconds,
-                       rows[-1] if rows else {})
+        write_epoch_logs(rows, out_dir, _plot)
+    return finish_run(net, cfg, out_dir, rows, t0, {"train_views": len(train_set), "heldout_views": len(held),
+                                                    "device": str(device)})
 
 
-def _write_logs(rows: list[dict], out_dir: Path) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out_dir / "metrics.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=keys)
-        wr.writeheader()
-        wr.writerows(rows)
-    _plot(rows, out_dir / "training.png")
