@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("segloc_core.net.export", "export a trained model to ONNX (and TensorRT where present)"),
     "map": ("segloc_core.maps.cli", "build, import and inspect labeled maps"),
     "retrieve": ("segloc_core.eval.retrieve", "query a map's image database with global descriptors"),
-    "localize": ("segloc_core.localize.localizer", "localize query images (kapture/COLMAP folder) against a map"),
+    "localize": ("segloc_core.eval.localize_images", "localize query images (kapture/COLMAP folder) against a map"),
     "eval": ("segloc_core.eval.evaluate", "evaluate segmentation or localization against ground truth"),
     "bench": ("segloc_core.cli", "speed and accuracy benchmarks (JSON on the last line)"),
 }

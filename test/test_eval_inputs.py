@@ -33,7 +33,7 @@ def inputs(tmp_path_factory):
     map_path = save_map(build_world_map(world, seg, BuildConfig(min_agreement=0.0), progress=False),
                         root / "other_model.segmap")
     bag = write_world_bag(load_world(world), "night", root / "bag")
-    return root, map_path, bag, model
+    return root, map_path, bag, model, world
 
 
 def _run(capsys, *args):
@@ -42,14 +42,14 @@ def _run(capsys, *args):
 
 
 def test_map_of_another_model_is_refused_before_replay(inputs, capsys, tmp_path):
-    root, map_path, bag, _ = inputs
+    root, map_path, bag, _, _ = inputs
     code, err = _run(capsys, "--bag", bag, "--map", map_path, "--out", tmp_path / "out")
     assert code == 4 and "labelled by model" in err and "Rebuild the map" in err
     assert not (tmp_path / "out").exists()  # no graph was started, no report written
 
 
 def test_truncated_map_names_the_damage(inputs, capsys, tmp_path):
-    root, map_path, bag, model = inputs
+    root, map_path, bag, model, _ = inputs
     cut = tmp_path / "cut.segmap"
     cut.write_bytes(map_path.read_bytes()[:5000])
     code, err = _run(capsys, "--bag", bag, "--map", cut, "--model", model, "--out", tmp_path / "out")
@@ -60,7 +60,7 @@ def test_bag_without_images_is_refused_even_with_ground_truth_file(inputs, capsy
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import Stores, get_typestore
 
-    root, map_path, bag, model = inputs
+    root, map_path, bag, model, _ = inputs
     store = get_typestore(Stores.ROS2_KILTED)
     string = store.types["std_msgs/msg/String"]
     empty = tmp_path / "no_images"
@@ -72,3 +72,29 @@ def test_bag_without_images_is_refused_even_with_ground_truth_file(inputs, capsy
     code, err = _run(capsys, "--bag", empty, "--map", map_path, "--model", model, "--ground-truth", gt,
                      "--out", tmp_path / "out")
     assert code == 4 and "no sensor_msgs/Image topic" in err
+
+
+def test_localize_writes_tum_kapture_and_csv(inputs, capsys, tmp_path):
+    """`segloc localize` (listed in --help, failed before) localizes a kapture query set and writes
+    the poses; a map of another model is refused."""
+    import csv
+    import json
+
+    from segloc_core.eval.trajectory_metrics import read_kapture_trajectory, read_tum
+
+    root, map_path, bag, model, world = inputs
+    out = tmp_path / "loc"
+    assert main(["localize", str(world / "night"), "--map", str(map_path), "--model", str(model),
+                 "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["queries"] == 12 and summary["skipped"] == 0
+    rows = list(csv.DictReader(open(out / "localize.csv")))
+    assert len(rows) == 12 and all(r["image"] for r in rows)
+    assert sum(r["accepted"] == "True" for r in rows) == summary["accepted"]
+    assert len(read_tum(out / "poses.tum").stamps_ns) == summary["accepted"]
+    records = (out / "kapture" / "sensors" / "records_camera.txt").read_text().splitlines()
+    assert len([r for r in records if not r.startswith("#")]) == 12
+    if summary["accepted"]:
+        assert len(read_kapture_trajectory(out / "kapture").stamps_ns) == summary["accepted"]
+    code = main(["localize", str(world / "night"), "--map", str(map_path), "--out", str(tmp_path / "x")])
+    assert code == 4 and "labelled the map" in capsys.readouterr().err
