@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "map": ("segloc_core.maps.cli", "build, import and inspect labeled maps"),
     "retrieve": ("segloc_core.eval.retrieve", "query a map's image database with global descriptors"),
     "localize": ("segloc_core.eval.localize_images", "localize query images (kapture/COLMAP folder) against a map"),
+    "segment": ("segloc_core.eval.segment_images", "draw the model's labels over your own images (PNGs + contact sheet)"),
     "eval": ("segloc_core.eval.evaluate", "evaluate segmentation or localization against ground truth"),
     "bench": ("segloc_core.cli", "speed and accuracy benchmarks (JSON on the last line)"),
 }

@@ -98,3 +98,32 @@ def test_localize_writes_tum_kapture_and_csv(inputs, capsys, tmp_path):
         assert len(read_kapture_trajectory(out / "kapture").stamps_ns) == summary["accepted"]
     code = main(["localize", str(world / "night"), "--map", str(map_path), "--out", str(tmp_path / "x")])
     assert code == 4 and "labelled the map" in capsys.readouterr().err
+
+
+def test_segment_draws_labels_over_real_photos(inputs, capsys, tmp_path):
+    """`segloc segment` on real Flickr-style photos of any size and aspect (here: two world frames
+    saved as JPEG and one resized to portrait), with a folder and a file as inputs."""
+    import json
+
+    import cv2
+
+    from segloc_core.world import load_world
+
+    root, map_path, bag, model, world = inputs
+    ds = load_world(world)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, rec in enumerate(ds.frames("summer")[:2]):
+        cv2.imwrite(str(photos / f"p{i}.jpg"), ds.rgb(rec)[:, :, ::-1])
+    portrait = cv2.resize(ds.rgb(ds.frames("night")[3]), (90, 160))
+    cv2.imwrite(str(tmp_path / "portrait.png"), portrait[:, :, ::-1])
+    (photos / "notes.txt").write_text("not an image")
+    out = tmp_path / "seg"
+    assert main(["segment", str(photos), str(tmp_path / "portrait.png"), "--model", str(model),
+                 "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["images"] == 3 and summary["labels_used"] >= 1 and summary["K"] == 16
+    drawn = cv2.imread(str(out / "portrait_labels.png"))
+    assert drawn.shape[:2] == (160, 90)  # drawn at the image's own size
+    assert (out / "contact_sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["segment", str(tmp_path / "nothing_here"), "--model", str(model)]) == 4
