@@ -107,3 +107,19 @@ def test_launcher_stops_the_graph_when_a_node_cannot_configure(tmp_path):
     assert out.returncode == 1, text[-3000:]
     assert "cannot configure" in text and str(missing) in text, text[-3000:]
     assert "lifecycle_manager exited with code 4" in text, text[-3000:]
+
+
+@pytest.mark.parametrize("when_s, times", [(0.3, 1), (8.0, 2)])
+def test_ctrl_c_early_or_twice_leaves_no_traceback(when_s, times):
+    """A terminal's Ctrl-C reaches every process of the group, so a node gets SIGINT while still
+    importing its libraries, or twice (terminal + launcher) while it shuts down: it must exit 0
+    without a KeyboardInterrupt traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "segloc_ros.nodes.retrieval_node"], env=ros_environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(when_s)
+    for _ in range(times):
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]

@@ -26,6 +26,8 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
+from segloc_ros.nodes.runtime import quiet_shutdown
+
 POLL_S = 1.0
 CALL_TIMEOUT_S = 5.0
 CONFIGURE_TIMEOUT_S = 120.0  # loading a map and building a TensorRT engine take a while
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        quiet_shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return code

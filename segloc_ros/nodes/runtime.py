@@ -12,6 +12,7 @@ no frame is processed before; `deactivate` unsubscribes; `cleanup` releases the 
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import threading
 import time
@@ -287,6 +288,13 @@ class ManagedNode(LifecycleNode):
         self._diagnostics.publish(DiagnosticArray(header=_header(self), status=[status]))
 
 
+def quiet_shutdown() -> None:
+    """From here on a further SIGINT (a terminal's second one, the launcher's) is ignored: the
+    node is already stopping, and a KeyboardInterrupt inside destroy_node() would print a
+    traceback and skip the rest of the cleanup."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def spin_node(factory: Callable[[], Node]) -> int:
     """rclpy init, build the node, spin until SIGINT/SIGTERM, stop its `worker` (if any);
     exit code 0, or 4 when the node cannot start (bad parameters: the log says why)."""
@@ -303,6 +311,7 @@ def spin_node(factory: Callable[[], Node]) -> int:
         (node.get_logger() if node else rclpy.logging.get_logger("segloc")).fatal(str(exc))
         return exc.exit_code
     finally:
+        quiet_shutdown()
         if node is not None:
             worker = getattr(node, "worker", None)
             if worker is not None:
