@@ -93,10 +93,20 @@ def test_configure_without_map_fails_and_the_node_keeps_running(tmp_path, client
     assert "cannot configure" in text and str(missing) in text
 
 
-def test_launcher_stops_the_graph_when_a_node_cannot_configure(tmp_path):
+@pytest.mark.parametrize("damage", ["missing", "flipped"])
+def test_launcher_stops_the_graph_when_a_node_cannot_configure(tmp_path, damage):
     # through a parameter file: `map:=` on the command line is checked before any node starts
-    # (test_setup), a map named in a parameter file is first read by the nodes' configure
-    missing = tmp_path / "missing.segmap"
+    # (test_setup), a map named in a parameter file is first read by the nodes' configure; the
+    # reason (no file, or one flipped bit in the header) must reach the launcher's output
+    missing = tmp_path / f"{damage}.segmap"
+    if damage == "flipped":
+        from test_maps_format import synthetic_map
+
+        from segloc_core.maps.format import serialize_map
+
+        data = bytearray(serialize_map(synthetic_map(n_points=300, n_images=5)[0]))
+        data[bytes(data).index(b'"nbytes"') + 2] ^= 0x04  # "nbytes" -> "njytes": still valid JSON
+        missing.write_bytes(bytes(data))
     params = tmp_path / "params.yaml"
     params.write_text(f"/**/retrieval_node:\n  ros__parameters:\n    map_path: {missing}\n"
                       f"/**/refiner_node:\n  ros__parameters:\n    map_path: {missing}\n")
@@ -106,6 +116,9 @@ def test_launcher_stops_the_graph_when_a_node_cannot_configure(tmp_path):
     text = out.stdout + out.stderr
     assert out.returncode == 1, text[-3000:]
     assert "cannot configure" in text and str(missing) in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    if damage == "flipped":
+        assert "corrupt map file" in text, text[-3000:]
     assert "lifecycle_manager exited with code 4" in text, text[-3000:]
 
 
