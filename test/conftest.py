@@ -59,3 +59,20 @@ def tiny_world(tmp_path_factory) -> Path:
         return render_tiny_world(tmp_path_factory.mktemp("tiny_world"))
     except Exception as exc:  # headless GL missing on this machine
         pytest.skip(f"cannot render the tiny world here: {exc}")
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory) -> Path:
+    """A real (randomly initialised, untrained) segmentation model, K=16 at 160x112: a model other
+    than the shipped one, for tests of map building and of mismatched models."""
+    torch = pytest.importorskip("torch")
+    import yaml
+
+    from segloc_core.net.model import ModelConfig, SegLocNet
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_classes=16, width=0.25, input_width=160, input_height=112)
+    path = tmp_path_factory.mktemp("model") / "untrained.pt"
+    torch.save(SegLocNet(cfg).state_dict(), path)
+    path.with_suffix(".yaml").write_text(yaml.safe_dump({"model": cfg.to_dict()}))
+    return path

@@ -9,31 +9,19 @@ from segloc_ros.cli import main
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    import yaml
-
+def inputs(tmp_path_factory, tiny_world, untrained_model):
+    """A map of the tiny world labelled by the untrained model (not the shipped one) and a bag."""
     from segloc_core.maps.build import BuildConfig, build_world_map
     from segloc_core.maps.format import save_map
     from segloc_core.net.infer import load_segmenter
-    from segloc_core.net.model import ModelConfig, SegLocNet
-    from segloc_core.world import load_world, render_tiny_world, write_world_bag
+    from segloc_core.world import load_world, write_world_bag
 
     root = tmp_path_factory.mktemp("eval_inputs")
-    try:
-        world = render_tiny_world(root / "world")
-    except Exception as exc:  # headless GL missing on this machine
-        pytest.skip(f"cannot render the tiny world here: {exc}")
-    torch.manual_seed(0)
-    cfg = ModelConfig(num_classes=16, width=0.25, input_width=160, input_height=112)
-    model = root / "other.pt"
-    torch.save(SegLocNet(cfg).state_dict(), model)
-    model.with_suffix(".yaml").write_text(yaml.safe_dump({"model": cfg.to_dict()}))
-    seg = load_segmenter(model, "torch", threads=1)
-    map_path = save_map(build_world_map(world, seg, BuildConfig(min_agreement=0.0), progress=False),
+    seg = load_segmenter(untrained_model, "torch", threads=1)
+    map_path = save_map(build_world_map(tiny_world, seg, BuildConfig(min_agreement=0.0), progress=False),
                         root / "other_model.segmap")
-    bag = write_world_bag(load_world(world), "night", root / "bag")
-    return root, map_path, bag, model, world
+    bag = write_world_bag(load_world(tiny_world), "night", root / "bag")
+    return root, map_path, bag, untrained_model, tiny_world
 
 
 def _run(capsys, *args):

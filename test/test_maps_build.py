@@ -15,22 +15,6 @@ from segloc_core.maps.format import load_map, save_map, size_report
 MAUPERTUIS = Path(__file__).resolve().parent / "data" / "maupertuis"  # BSD-3, NAVER (kapture samples)
 
 
-@pytest.fixture(scope="module")
-def untrained_model(tmp_path_factory) -> Path:
-    """A real (randomly initialised, untrained) segmentation model: the shipped one comes later."""
-    torch = pytest.importorskip("torch")
-    import yaml
-
-    from segloc_core.net.model import ModelConfig, SegLocNet
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(num_classes=16, width=0.25, input_width=160, input_height=112)
-    path = tmp_path_factory.mktemp("model") / "untrained.pt"
-    torch.save(SegLocNet(cfg).state_dict(), path)
-    path.with_suffix(".yaml").write_text(yaml.safe_dump({"model": cfg.to_dict()}))
-    return path
-
-
 def test_vote_keeps_majority_and_agreement():
     # point 0: votes 2,2,1 -> 2 (2/3); point 1: 0,0 -> 0 (1.0); point 2: unobserved
     obs = Observations(np.array([0, 0, 0, 1, 1]), np.array([0, 1, 2, 0, 1]),

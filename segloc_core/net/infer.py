@@ -65,6 +65,11 @@ class ModelFiles:
     config: ModelConfig
     reductions: tuple[str, ...]
 
+    def hash(self, backend: str) -> str:
+        """The model hash a segmenter of `backend` reports, and a map built with it records: the
+        ONNX file's for ONNX Runtime and TensorRT, the weights' and config's for PyTorch."""
+        return file_hash(self.weights, self.config_yaml) if backend == "torch" else file_hash(self.onnx)
+
 
 def model_files(model_path: Path | str | None = None) -> ModelFiles:
     """Resolve the sibling files of a model given any of them (default: the shipped model)."""
@@ -210,7 +215,7 @@ class TorchSegmenter(Segmenter):
 
         if not files.weights.is_file():
             raise InputError(f"weights {files.weights} not found")
-        super().__init__(files, file_hash(files.weights, files.config_yaml))
+        super().__init__(files, files.hash(self.backend))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if threads:
             torch.set_num_threads(threads)
@@ -233,7 +238,7 @@ class OrtSegmenter(Segmenter):
         ort = require("onnxruntime")
         if not files.onnx.is_file():
             raise InputError(f"ONNX model {files.onnx} not found (run `segloc export`)")
-        super().__init__(files, file_hash(files.onnx))
+        super().__init__(files, files.hash(self.backend))
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -333,7 +338,7 @@ class TensorRTSegmenter(Segmenter):
         import onnx
 
         _check_onnx_meta(files, {p.key: p.value for p in onnx.load(str(files.onnx), load_external_data=False).metadata_props})
-        super().__init__(files, file_hash(files.onnx))
+        super().__init__(files, files.hash(self.backend))
         path = tensorrt_engine(files.onnx, fp16)
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())

@@ -39,7 +39,7 @@ from segloc_core.net import train_geometry
 from segloc_core.net.model import SegLocNet
 from segloc_core.net.pairs import PairSet, colmap_pairs, synthetic_pairs, world_pairs
 from segloc_core.net.train_config import CONFIG_DIR, TrainConfig, TrainResult
-from segloc_core.net.train_outputs import finish_run, start_run, write_epoch_logs
+from segloc_core.net.train_outputs import finish_run, make_optimizer, resume_checkpoint, start_run, write_epoch_logs
 from segloc_core.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -268,25 +268,16 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
     train_ps, held_ps = load_pairs(cfg, "train"), load_pairs(cfg, "heldout")
     log.info("%d training pairs over %d images, %d held-out pairs", len(train_ps), len(train_ps.images), len(held_ps))
     net = SegLocNet(cfg.model).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    total_steps = cfg.optim.epochs * cfg.optim.steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total_steps, 1))))
+    opt, sched = make_optimizer(net, cfg)
     ckpt_path = out_dir / "checkpoint.pt"
     rows: list[dict] = []
     start_epoch = 0
     fgsn = _Fgsn() if cfg.mode == "fgsn" else None
     warm: list[torch.Tensor] = []
-    if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if _without_epochs(ck["config"]) != _without_epochs(cfg.to_dict()):
-            raise InputError(f"{ckpt_path} was written with another config (only optim.epochs may change "
-                             "on resume); use a fresh --out or the same config")
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
+    ck = resume_checkpoint(ckpt_path, cfg, net, opt, sched, device) if resume else None
+    if ck is not None:
         warm = [c.to(device) for c in ck["warm_centers"]]
         start_epoch, rows = ck["epoch"], ck["rows"]
-        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     elif cfg.mode == "segloc":
         # k-means prototypes of the initial features: warm-up targets (Eq. 4) and head initialisation.
         net.train()
@@ -336,10 +327,6 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
                     "epoch": epoch + 1, "rows": rows, "config": cfg.to_dict(), "warm_centers": warm}, ckpt_path)
         write_epoch_logs(rows, out_dir, _plot)
     return finish_run(net, cfg, out_dir, rows, t0, {"train_pairs": len(train_ps), "heldout_pairs": len(held_ps)})
-
-
-def _without_epochs(d: dict) -> dict:
-    return {**d, "optim": {k: v for k, v in d["optim"].items() if k != "epochs"}}
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from segloc_core.errors import InputError
 from segloc_core.net.label_set import IGNORE, LabelSet, load_label_set, world_label_set
 from segloc_core.net.model import SegLocNet, load_state_dict
+from segloc_core.net.pairs import resize_image
 from segloc_core.net.train_config import TrainConfig, TrainResult
-from segloc_core.net.train_outputs import finish_run, start_run, write_epoch_logs
+from segloc_core.net.train_outputs import finish_run, make_optimizer, resume_checkpoint, start_run, write_epoch_logs
 from segloc_core.place_labels import PlaceCells
 from segloc_core.progress import progress_bar
 
@@ -65,7 +66,7 @@ def resized(ls: LabelSet, size_wh: tuple[int, int]) -> LabelSet:
 
     if ls.images.shape[2:0:-1] == tuple(size_wh):
         return ls
-    images = np.stack([cv2.resize(im, size_wh, interpolation=cv2.INTER_AREA) for im in ls.images])
+    images = np.stack([resize_image(im, size_wh)[0] for im in ls.images])
     labels = np.stack([cv2.resize(lb, size_wh, interpolation=cv2.INTER_NEAREST) for lb in ls.labels])
     return LabelSet(images, labels, ls.names, ls.T_world_cam)
 
@@ -194,21 +195,13 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, progress: bool 
     net = SegLocNet(cfg.model).to(device)
     if g.init_weights:
         load_state_dict(net, Path(g.init_weights))
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    total_steps = cfg.optim.epochs * cfg.optim.steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total_steps, 1))))
+    opt, sched = make_optimizer(net, cfg)
     ckpt_path = out_dir / "checkpoint.pt"
     rows: list[dict] = []
     start_epoch = 0
-    if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if {**ck["config"], "optim": None} != {**cfg.to_dict(), "optim": None}:
-            raise InputError(f"{ckpt_path} was written with another config; use a fresh --out or the same config")
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
+    ck = resume_checkpoint(ckpt_path, cfg, net, opt, sched, device) if resume else None
+    if ck is not None:
         start_epoch, rows = ck["epoch"], ck["rows"]
-        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     net.train()
     for epoch in range(start_epoch, cfg.optim.epochs):
         gen = torch.Generator().manual_seed(cfg.optim.seed * 1000 + epoch)

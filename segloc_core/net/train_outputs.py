@@ -1,5 +1,6 @@
 """What every training mode does around its loop: the run's start (output folder, threads, seed,
-device), per-epoch logs, and the final files it leaves.
+device), the optimiser and its schedule, resuming from a checkpoint, per-epoch logs, and the final
+files it leaves.
 
 `metrics.csv` and `training.png` after every epoch (so a run cut short still shows its curves),
 and at the end `model.pt` (plain state dict), `model.yaml` (model config + the training config, what
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from segloc_core.errors import InputError
 from segloc_core.net.model import SegLocNet, count_parameters
 from segloc_core.net.train_config import TrainConfig, TrainResult, pick_device
 
@@ -32,6 +36,37 @@ def start_run(cfg: TrainConfig, out_dir: Path) -> tuple[Path, torch.device]:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return out_dir, device
+
+
+log = logging.getLogger(__name__)
+
+
+def make_optimizer(net: SegLocNet, cfg: TrainConfig):
+    """AdamW with a cosine learning-rate decay over all epochs x steps_per_epoch steps."""
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    total = cfg.optim.epochs * cfg.optim.steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total, 1))))
+    return opt, sched
+
+
+def _without_epochs(d: dict) -> dict:
+    return {**d, "optim": {k: v for k, v in d["optim"].items() if k != "epochs"}}
+
+
+def resume_checkpoint(path: Path, cfg: TrainConfig, net: SegLocNet, opt, sched, device: torch.device) -> dict | None:
+    """Load `path` (if it exists) into the network, optimiser and schedule and return it (its
+    "epoch", "rows" and any mode-specific entries); only optim.epochs may differ from `cfg`."""
+    if not path.is_file():
+        return None
+    ck = torch.load(path, map_location=device, weights_only=True)
+    if _without_epochs(ck["config"]) != _without_epochs(cfg.to_dict()):
+        raise InputError(f"{path} was written with another config (only optim.epochs may change "
+                         "on resume); use a fresh --out or the same config")
+    net.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    log.info("resumed from %s at epoch %d", path, ck["epoch"])
+    return ck
 
 
 def write_epoch_logs(rows: list[dict], out_dir: Path, plot: Callable[[list[dict], Path], None]) -> None:

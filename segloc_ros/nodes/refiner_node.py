@@ -152,7 +152,7 @@ class RefinerNode(ManagedNode):
         verdict, reason = self._stamps.check(stamp, self.get_clock().now().nanoseconds)
         if verdict == "reset":
             self.get_logger().warning(reason)
-            self._reset_time()
+            self._reset_time(stamp)
         elif verdict == "skip":
             self._skip(f"segmentation {reason}", stamp)
             return
@@ -194,12 +194,14 @@ class RefinerNode(ManagedNode):
         self._publish_status(stamp, fix, latency_ms=latency_ms)
         self.stats.done((time.monotonic() - start) * 1e3)
 
-    def _reset_time(self) -> None:
-        """After a jump back in time: forget the track, priors, odometry anchor and TF samples
-        of the old timeline (tf2 clears its buffer the same way)."""
+    def _reset_time(self, stamp: int) -> None:
+        """After a jump back in time to `stamp`: forget the track, odometry anchor, TF samples and
+        the priors and waiting frames of the old timeline (stamped after `stamp`; the new
+        timeline's, this frame's prior among them, are kept). tf2 clears its buffer the same way."""
         with self._lock:
-            self._priors.clear()
-            self._waiting.clear()
+            for pending in (self._priors, self._waiting):
+                for old in [s for s in pending if s > stamp]:
+                    del pending[old]
         self.localizer.reset()
         self._stamps.reset()
         self._last_odom_cam = None

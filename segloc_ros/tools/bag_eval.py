@@ -210,13 +210,11 @@ def check_inputs(bags: list[Path], map_path: Path, model_path: Path | None) -> N
     from rosbags.rosbag2 import Reader
 
     from segloc_core.maps.format import load_map
-    from segloc_core.net.infer import file_hash, model_files
+    from segloc_core.net.infer import model_files
 
     m = load_map(map_path)
     files = model_files(model_path)
-    hashes = {file_hash(files.weights, files.config_yaml)}
-    if files.onnx.is_file():
-        hashes.add(file_hash(files.onnx))
+    hashes = {files.hash("torch")} | ({files.hash("onnxruntime")} if files.onnx.is_file() else set())
     if m.meta.model_hash not in hashes:
         raise InputError(f"map {map_path} was labelled by model {m.meta.model_hash}, the model to run "
                          f"({files.onnx}) is {' / '.join(sorted(hashes))}: every frame would be skipped. "
