@@ -54,6 +54,10 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
                    (("segmentation_node", "model_path"),)),
     LaunchArgument("backend", "", "auto | tensorrt | onnxruntime | torch",
                    (("segmentation_node", "backend"),)),
+    LaunchArgument("segmenter", "", "model (default) | oracle[:CELL_M,K,...]: ground-truth labels of a "
+                   "world bag, the accuracy ceiling (diagnostic)", (("segmentation_node", "segmenter"),)),
+    LaunchArgument("world", "", "rendered world the oracle segmenter reads (default: the default world)",
+                   (("segmentation_node", "world_path"),)),
     LaunchArgument("image_topic", "", "camera image topic",
                    (("segmentation_node", "image_topic"),)),
     LaunchArgument("camera_info_topic", "", "camera info topic",

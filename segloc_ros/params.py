@@ -70,6 +70,10 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
         ParamSpec("model_path", "", "ONNX model (or TensorRT engine); empty: the shipped default"),
         ParamSpec("backend", "auto", "inference backend; auto picks the fastest available",
                   choices=("auto", "tensorrt", "onnxruntime", "torch")),
+        ParamSpec("segmenter", "model", "model (the network) or oracle[:CELL_M,K,...]: ground-truth "
+                  "place labels of a rendered world's frames, found by image stamp (a diagnostic "
+                  "for world bags, never on a robot)"),
+        ParamSpec("world_path", "", "rendered world the oracle segmenter reads; empty: the default world"),
         ParamSpec("sync_tolerance_s", 0.005, "max stamp difference of paired Image/CameraInfo",
                   range=(0.0, 1.0)),
         ParamSpec("map_encoding", "dense_u8", "class map encoding on the wire",

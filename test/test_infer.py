@@ -172,9 +172,12 @@ def test_label_consistency_on_pairs(small_model):
     from segloc_core.net.pairs import synthetic_pairs
 
     ps = synthetic_pairs(3, (64, 48), 40, seed=0)
-    by_pair, overall, entropy = seg_metrics.label_consistency(load_segmenter(small_model, "onnxruntime"), ps)
+    by_pair, overall, entropy, far = seg_metrics.label_consistency(load_segmenter(small_model, "onnxruntime"), ps)
     assert list(by_pair) == ["a|b"] and len(overall) == 4
     assert all(0 <= v <= 1 for v in overall) and all(0 <= v <= 1 for v in entropy)
+    # the synthetic pairs shift by at most 16 px: no correspondence is > 20 px apart, and the
+    # aligned ones must not be reported as agreement
+    assert all(np.isnan(v) for v in far)
 
 
 def test_shipped_model():

@@ -1,18 +1,20 @@
 """Localizer: refine + gate + tracking state machine, on the tiny world with oracle probability
-maps and a map labeled by voting over the same oracle labels (surface ids split into 1 m world
-voxels, as the refiner benchmark does: SegLoc's clusters are that fine); and query-set loading."""
+maps and a map labeled by voting over the same oracle labels (flat 1 m place cells with the surface
+id mixed in, as the oracle segmenter labels; the tiny world's 160x120 frames are below the oracle
+segmenter's level sizes); and query-set loading."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from segloc_core.bench.refine import Frame, _oracle_labels
 from segloc_core.bench.scenes import oracle_levels
 from segloc_core.geometry import Pose, pose_error
 from segloc_core.localize.localizer import Localizer, LocalizerConfig, PriorSource, State
 from segloc_core.maps.build import BuildConfig, finish_map, sample_nearest, vote_labels, world_geometry
 from segloc_core.maps.query_sets import load_query_set
+from segloc_core.net.label_set import world_points
+from segloc_core.place_labels import PlaceCells
 
 K = 50
 LEVELS_160 = ((20, 15), (40, 30), (80, 60), (160, 120))
@@ -37,7 +39,8 @@ def world_and_map(tmp_path_factory):
 
 
 def _labels(ds, rec) -> np.ndarray:
-    return _oracle_labels(Frame(rec.camera, rec.T_cam_world, ds.ids(rec), ds.depth(rec)), K)
+    depth = ds.depth(rec)
+    return PlaceCells(1.0, K, 0.0).labels(*world_points(ds.ids(rec), depth, rec.camera, rec.T_world_cam)).reshape(depth.shape)
 
 
 def _query(ds, condition: str, index: int):

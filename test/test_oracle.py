@@ -143,3 +143,22 @@ def test_bench_accuracy_reports_every_key(tiny, tmp_path, monkeypatch):
     assert len(r["recall"]) == 3 and r["recall"][2] >= 0.8  # oracle labels localize
     assert r["drift_from_gt_m"] < 0.2
     assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
+def test_bench_refine_on_oracle_inputs(tiny, tmp_path):
+    """`segloc bench refine` measures the refiner on the oracle's product-size levels and map points
+    (not a synthetic scene): every configuration, the K ratio, the 320x240 study and the basin PNG."""
+    from segloc_core.bench.refine import CONFIGS, PRODUCT, run_bench
+
+    path, _, _ = tiny
+    res = run_bench(path, ("night",), queries=2, starts=2, points=2000, baseline_runs=1, out_dir=tmp_path,
+                    progress=False)
+    assert set(res["configs"]) == set(CONFIGS) and res["queries"] == 2
+    product = res["configs"][PRODUCT]
+    assert product["trials"] == 4 and product["segmenter"] == "oracle:1,100"
+    # oracle labels from starts within 1.5 m / 8 deg: the refiner lands within 0.5 m / 5 deg
+    assert product["success"][2] >= 0.75 and product["drift_from_gt_m"] < 0.25
+    assert res["map_points_median"] <= 2000
+    for key in ("ms_per_refine", "ratio_k100_k10", "ratio_320x240_160x120", "speedup", "baseline_ms"):
+        assert np.isfinite(res[key]) and res[key] > 0, key
+    assert (tmp_path / "refine_basin.png").stat().st_size > 0

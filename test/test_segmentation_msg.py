@@ -28,6 +28,22 @@ def _result(K: int = 12) -> SegmentationResult:
 
 @pytest.mark.parametrize("encoding, top_n", [(ClassMapLevel.ENCODING_DENSE_U8, 0),
                                              (ClassMapLevel.ENCODING_TOPN_U8, 3)])
+def test_coarse_levels_with_parent_classes_roundtrip(encoding, top_n):
+    """A hierarchical segmenter (the oracle) publishes 4 parent classes on its two coarse levels and
+    12 on the fine ones: each level carries its own class count through the message."""
+    fine, coarse = _result(12), _result(4)
+    result = SegmentationResult(coarse.levels[:2] + fine.levels[2:], fine.descriptor, (64, 48), "abc", 12)
+    msg, _ = pack_segmentation(Header(frame_id="cam"), CameraInfo(), result, encoding, top_n)
+    assert [lv.num_classes for lv in msg.levels] == [4, 4, 12, 12]
+    levels = unpack_levels(msg, CAMERA)
+    assert [lv.probs.shape[0] for lv in levels] == [4, 4, 12, 12]
+    msg.levels[0].num_classes = 5  # 5 parents cannot divide 12 labels
+    with pytest.raises(InputError, match="do not divide"):
+        unpack_levels(msg, CAMERA)
+
+
+@pytest.mark.parametrize("encoding, top_n", [(ClassMapLevel.ENCODING_DENSE_U8, 0),
+                                             (ClassMapLevel.ENCODING_TOPN_U8, 3)])
 def test_pack_unpack_roundtrip(encoding, top_n):
     result = _result()
     msg, desc = pack_segmentation(Header(frame_id="cam"), CameraInfo(), result, encoding, top_n)
@@ -55,7 +71,11 @@ def test_unpack_refuses_mismatch():
     with pytest.raises(InputError, match="version mismatch"):
         unpack_levels(msg, CAMERA)
     msg, _ = pack_segmentation(Header(), CameraInfo(), _result(), "dense_u8", 0)
-    msg.num_classes = 13
+    msg.levels[2].num_classes = 6  # says 6 classes (a divisor of 12), carries 12
+    with pytest.raises(InputError, match="expected"):
+        unpack_levels(msg, CAMERA)
+    msg.levels[2].num_classes = 0  # no count of its own: the segmentation's K, which is wrong too
+    msg.num_classes = 24
     with pytest.raises(InputError, match="expected"):
         unpack_levels(msg, CAMERA)
     assert REDUCTION_NAMES  # the names travel with every level

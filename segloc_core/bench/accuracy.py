@@ -58,7 +58,7 @@ def perturb(T_cam_world: Pose, dist_m: float, angle_deg: float, rng: np.random.G
     return Pose(R, t).inv()
 
 
-def _map_for(segmenter, world: Path, progress: bool):
+def map_for(segmenter, world: Path, progress: bool):
     """The world's map labelled by `segmenter` (cached: `maps.cached_world_map`)."""
     from segloc_core.maps.cli import cached_world_map
     from segloc_core.maps.format import load_map
@@ -66,7 +66,7 @@ def _map_for(segmenter, world: Path, progress: bool):
 
     out = home() / "maps" / f"bench-{segmenter.model_hash}.segmap"
     return load_map(cached_world_map(world, segmenter, out, progress,
-                                     lambda msg: print(f"[bench accuracy] {msg}", file=sys.stderr)))
+                                     lambda msg: print(f"[bench] {msg}", file=sys.stderr)))
 
 
 @dataclass
@@ -91,7 +91,7 @@ def run_configuration(segmenter, world: Path, conditions: Sequence[str], stride:
     from segloc_core.world import correspondences, load_world, nearest_frame
 
     ds = load_world(world)
-    labeled_map = _map_for(segmenter, world, progress)
+    labeled_map = map_for(segmenter, world, progress)
     retriever = Retriever(labeled_map)
     localizer = Localizer(labeled_map, LocalizerConfig(tracking=False))
     db_frames = ds.frames(ds.mapping_condition)

@@ -3,7 +3,11 @@
 - Label consistency: on held-out cross-condition pairs of the world (places never trained on,
   `segloc_core.net.pairs.in_heldout`), the share of correspondences whose argmax labels agree, per
   level and per condition pair. Also the normalised entropy of the labels used (a network that
-  collapses to one label would be perfectly "consistent" and useless; this exposes it).
+  collapses to one label would be perfectly "consistent" and useless; this exposes it). Beside it,
+  the finest level's agreement only where the two pixel positions differ by more than 20 px, with
+  its chance level (aligned viewpoints cannot flatter it), and the positional-shortcut figure: the
+  same-pixel agreement between frames more than 50 m apart, against chance
+  (`segloc_core.label_metrics`; the issue-12 label-quality metrics).
 - Retrieval: database = the mapping condition's frames, queries = the other conditions' frames at
   held-out places; a query is correct at k if one of its top-k database frames lies within 5 m and
   20 degrees of it. Our descriptor (GPO, PCA-whitened on the database) against two baselines in
@@ -35,6 +39,10 @@ class SegEvalResult:
     consistency_by_pair: dict[str, list[float]]  # "condA|condB" -> share per level (coarse to fine)
     consistency: list[float]  # per level over all held-out pairs
     label_entropy: list[float]  # per level, 1 = all K labels used evenly
+    cross_condition_consistency_20px: float  # finest level, correspondences > 20 px apart
+    cross_condition_chance: float
+    positional_agreement: float  # same pixel, frames > 50 m apart (median over pairs)
+    positional_chance: float
     recall: dict[str, dict[str, float]]  # method -> {"r@1", "r@5"}
     recall_by_condition: dict[str, dict[str, dict[str, float]]]  # query condition -> method -> recalls
     num_pairs: int
@@ -73,8 +81,11 @@ def pose_correct(T_world_q: np.ndarray, T_world_db: np.ndarray) -> np.ndarray:
     return (d < RECALL_MAX_M) & (np.degrees(np.arccos(cos)) < RECALL_MAX_DEG)
 
 
-def label_consistency(seg, ps) -> tuple[dict[str, list[float]], list[float], list[float]]:
-    """Per condition pair and overall share of agreeing argmax labels (nearest level pixel)."""
+def label_consistency(seg, ps) -> tuple[dict[str, list[float]], list[float], list[float], tuple[float, float]]:
+    """Per condition pair and overall share of agreeing argmax labels (nearest level pixel), label
+    entropy per level, and (agreement, chance) on the finest level at correspondences > 20 px apart."""
+    from segloc_core import label_metrics as lm
+
     labels: dict[str, list[np.ndarray]] = {}
     keys = sorted({k for r in ps.pairs for k in (r.key_a, r.key_b)})
     for key, res in zip(keys, seg.segment_batch((ps.images[k] for k in keys), total=len(keys))):
@@ -83,6 +94,7 @@ def label_consistency(seg, ps) -> tuple[dict[str, list[float]], list[float], lis
     agree: dict[str, np.ndarray] = {}
     count: dict[str, int] = {}
     hist = np.zeros((4, seg.K))
+    shifted = []
     for r in ps.pairs:
         name = "|".join(sorted((ps.condition[r.key_a], ps.condition[r.key_b])))
         row = agree.setdefault(name, np.zeros(4))
@@ -95,11 +107,17 @@ def label_consistency(seg, ps) -> tuple[dict[str, list[float]], list[float], lis
             row[lv] += (a == b).sum()
             hist[lv] += np.bincount(np.concatenate([a, b]), minlength=seg.K)
         count[name] = count.get(name, 0) + len(r.uv_a)
+        agree_far, chance_far, n_far = lm.cross_condition_consistency(
+            labels[r.key_a][-1], labels[r.key_b][-1], r.uv_a, r.uv_b, (w, h), 20.0)
+        if n_far:
+            shifted.append((agree_far * n_far, chance_far * n_far, n_far))
     by_pair = {n: [float(v) for v in agree[n] / count[n]] for n in sorted(agree)}
     overall = [float(v) for v in sum(agree.values()) / sum(count.values())]
     freq = hist / np.maximum(hist.sum(1, keepdims=True), 1)
     ent = -(freq * np.log(np.where(freq > 0, freq, 1))).sum(1) / np.log(seg.K)
-    return by_pair, overall, [float(v) for v in ent]
+    total = sum(s[2] for s in shifted)
+    far = (sum(s[0] for s in shifted) / total, sum(s[1] for s in shifted) / total) if total else (np.nan, np.nan)
+    return by_pair, overall, [float(v) for v in ent], (float(far[0]), float(far[1]))
 
 
 def evaluate_segmentation(model: Path | None = None, backend: str = "auto", world: Path | None = None,
@@ -114,7 +132,7 @@ def evaluate_segmentation(model: Path | None = None, backend: str = "auto", worl
     seg = load_segmenter(model, backend)
     root = Path(world) if world else world_dir("default")
     ps = world_pairs(root, seg.input_size, "heldout", pairs, max_corr=512, seed=seed)
-    by_pair, overall, entropy = label_consistency(seg, ps)
+    by_pair, overall, entropy, far = label_consistency(seg, ps)
 
     ds = load_world(root)
     db = ds.frames(ds.mapping_condition)[::db_step]
@@ -124,7 +142,9 @@ def evaluate_segmentation(model: Path | None = None, backend: str = "auto", worl
         raise InputError(f"world {root} has no database or held-out query frames")
     desc: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     recs = db + queries
+    finest = []
     for rec, res in zip(recs, seg.segment_batch((ds.rgb(r) for r in recs), total=len(recs))):
+        finest.append(res.levels[-1].probs.argmax(0))
         desc["segloc_gpo"].append(res.descriptor)
         desc["tiny_image"].append(tiny_image(ds.rgb(rec)))
         desc["class_histogram"].append(class_histogram(res.levels[-1].probs))
@@ -141,8 +161,12 @@ def evaluate_segmentation(model: Path | None = None, backend: str = "auto", worl
     for c in sorted(set(qcond)):
         sel = np.flatnonzero(qcond == c)
         by_cond[c] = {m: recall_at(mats[m][n:][sel], mats[m][:n], correct[sel]) for m in METHODS}
-    return SegEvalResult(seg.model_hash, seg.backend, by_pair, overall, entropy, recall, by_cond,
-                         len(ps), len(queries), n)
+    from segloc_core import label_metrics as lm
+
+    positional, positional_chance, _ = lm.positional_agreement(
+        finest, np.stack([r.T_world_cam.t for r in recs]), seg.K)
+    return SegEvalResult(seg.model_hash, seg.backend, by_pair, overall, entropy, *far, positional,
+                         positional_chance, recall, by_cond, len(ps), len(queries), n)
 
 
 def plot(result: SegEvalResult, path: Path) -> None:
@@ -177,6 +201,9 @@ def _run(args: argparse.Namespace) -> int:
         plot(res, args.out.with_suffix(".png"))
     for lv, v in enumerate(res.consistency):
         print(f"level {lv}: label consistency {v:.3f}, label entropy {res.label_entropy[lv]:.2f}")
+    print(f"finest level, correspondences > 20 px apart: agreement {res.cross_condition_consistency_20px:.3f} "
+          f"(chance {res.cross_condition_chance:.3f}); same pixel, frames > 50 m apart: "
+          f"{res.positional_agreement:.3f} (chance {res.positional_chance:.3f})")
     for m in METHODS:
         print(f"{m}: recall@1 {res.recall[m]['r@1']:.3f}, recall@5 {res.recall[m]['r@5']:.3f}")
     print(json.dumps(doc))

@@ -114,15 +114,20 @@ class OracleSegmenter:
     backend = "oracle"
 
     def __init__(self, world_path: Path | str, spec: OracleSpec = OracleSpec(),
-                 config: ModelConfig = ModelConfig()):
+                 config: ModelConfig = ModelConfig(), strides: tuple[int, ...] | None = None):
+        """strides: level strides, coarse to fine (default: the network's 16, 8, 4, 2). Only the
+        refiner's resolution study sets them ((8, 4, 2, 1): a finest level at the image size, which
+        the network does not produce); the descriptor keeps the network's layout."""
         self.world = load_world(world_path)
         self.spec = spec
         self.K = spec.K
         self.input_size = (self.world.config.width, self.world.config.height)
-        self.strides = tuple(config.strides)
+        self.strides = tuple(strides or config.strides)
         self.gpo_stride = config.strides[-1] * config.gpo_pool
         self.gpo_grid = config.gpo_grid
         key = f"{spec.name()}|{spec.blur_px}|{spec.uniform}|{spec.cells.seed}|{self.world.config.hash()}"
+        if self.strides != tuple(config.strides):  # other level sizes, other outputs
+            key += f"|{self.strides}"
         self.model_hash = "oracle-" + hashlib.sha256(key.encode()).hexdigest()[:9]
         self._by_stamp: dict[int, FrameRecord] = {}
         self._by_path: dict[Path, FrameRecord] = {}

@@ -37,7 +37,7 @@ def pack_level(index: int, probs: np.ndarray, reductions: np.ndarray, encoding: 
                top_n: int) -> ClassMapLevel:
     """One level (probs (K,H,W) float32, reductions (C,H,W) float32) as a ClassMapLevel."""
     K, H, W = probs.shape
-    msg = ClassMapLevel(level=index, height=H, width=W, encoding=encoding,
+    msg = ClassMapLevel(level=index, height=H, width=W, num_classes=K, encoding=encoding,
                         reduction_names=list(REDUCTION_NAMES))
     if encoding == ClassMapLevel.ENCODING_DENSE_U8:
         msg.data = array.array("B", quantize(probs).tobytes())
@@ -75,8 +75,13 @@ def _buffer(values, dtype, count: int, what: str) -> np.ndarray:
 
 
 def unpack_level(msg: ClassMapLevel, K: int, camera: Camera) -> LevelInput:
-    """Refiner input of one level; `camera` is the source camera, scaled here to the level."""
+    """Refiner input of one level; `camera` is the source camera, scaled here to the level; `K` the
+    segmentation's classes (the level's own when it carries none)."""
     H, W = int(msg.height), int(msg.width)
+    K_fine, K = K, int(msg.num_classes) or K
+    if K_fine % K:
+        raise InputError(f"level {msg.level}: {K} classes do not divide the segmentation's {K_fine} "
+                         "(a coarse level carries parent labels)")
     if tuple(msg.reduction_names) != REDUCTION_NAMES:
         raise InputError(f"level {msg.level}: reductions {list(msg.reduction_names)} do not match "
                          f"the refiner's {list(REDUCTION_NAMES)} (model/refiner version mismatch)")

@@ -17,7 +17,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
 from segloc_core.errors import InputError
-from segloc_core.net.infer import load_segmenter
+from segloc_core.net.segmenters import open_segmenter
 from segloc_msgs.msg import GlobalDescriptor, Segmentation
 from segloc_ros.adapters.image_conversion import camera_info_to_camera, image_to_rgb8
 from segloc_ros.adapters.segmentation_msg import pack_segmentation
@@ -41,8 +41,8 @@ class SegmentationNode(ManagedNode):
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def setup(self) -> None:
-        self.segmenter = load_segmenter(self.p["model_path"] or None, backend=self.p["backend"],
-                                        threads=self.p["threads"])
+        self.segmenter = open_segmenter(self.p["segmenter"], self.p["model_path"] or None,
+                                        self.p["backend"], self.p["world_path"] or None, self.p["threads"])
         self.get_logger().info(f"model {self.segmenter.model_hash} (K={self.segmenter.K}) on "
                                f"{self.segmenter.backend}")
         self._infos: deque[CameraInfo] = deque(maxlen=30)
@@ -121,7 +121,8 @@ class SegmentationNode(ManagedNode):
             if (camera.width, camera.height) != (rgb.shape[1], rgb.shape[0]):
                 raise InputError(f"CameraInfo is {camera.width}x{camera.height} but the image is "
                                  f"{rgb.shape[1]}x{rgb.shape[0]}")
-            result = self.segmenter.segment(rgb)
+            # the oracle finds its ground truth by the stamp (a world bag's frame stamps)
+            result = self.segmenter.segment(rgb, frame=stamp_to_ns(frame.image.header.stamp))
         except InputError as exc:
             self._skip(str(exc))
             return

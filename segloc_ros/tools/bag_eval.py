@@ -203,23 +203,30 @@ def replay(bag: Path, map_path: Path, model_path: Path | None = None, *, rate: f
     return recorder.rec
 
 
-def check_inputs(bags: list[Path], map_path: Path, model_path: Path | None) -> None:
+def check_inputs(bags: list[Path], map_path: Path, model_path: Path | None, segmenter: str = "model",
+                 world: Path | None = None) -> None:
     """Refuse, before any graph starts, what would otherwise run and report 0 % or die in a node:
-    an unreadable map, a map labelled by another model than the one to run (every frame would be
-    skipped), a bag with no camera images."""
+    an unreadable map, a map labelled by another model (or oracle) than the one to run (every frame
+    would be skipped), a bag with no camera images."""
     from rosbags.rosbag2 import Reader
 
     from segloc_core.maps.format import load_map
     from segloc_core.net.infer import model_files
 
     m = load_map(map_path)
-    files = model_files(model_path)
-    hashes = {files.hash("torch")} | ({files.hash("onnxruntime")} if files.onnx.is_file() else set())
+    if segmenter == "model":
+        files = model_files(model_path)
+        hashes = {files.hash("torch")} | ({files.hash("onnxruntime")} if files.onnx.is_file() else set())
+        running = f"the model to run ({files.onnx})"
+    else:
+        from segloc_core.net.segmenters import open_segmenter
+
+        hashes = {open_segmenter(segmenter, world=world).model_hash}
+        running = f"the segmenter to run ({segmenter})"
     if m.meta.model_hash not in hashes:
-        raise InputError(f"map {map_path} was labelled by model {m.meta.model_hash}, the model to run "
-                         f"({files.onnx}) is {' / '.join(sorted(hashes))}: every frame would be skipped. "
-                         "Rebuild the map with this model (segloc map build) or pass the map's model "
-                         "with --model")
+        raise InputError(f"map {map_path} was labelled by model {m.meta.model_hash}, {running} is "
+                         f"{' / '.join(sorted(hashes))}: every frame would be skipped. Rebuild the map "
+                         "with it (segloc map build) or pass the map's model with --model")
     for bag in bags:
         try:
             with Reader(bag) as reader:
@@ -266,13 +273,17 @@ def read_bag_ground_truth(bag: Path, topic: str = "/ground_truth/pose",
 
 def evaluate_bags(bags: list[Path], map_path: Path, model_path: Path | None, out_dir: Path,
                   rate: float = 1.0, ground_truth: Path | None = None,
-                  launch_args: dict[str, str] | None = None) -> Report:
-    """Replay each bag through the graph and report PA and PR per bag (condition) and overall."""
+                  launch_args: dict[str, str] | None = None, segmenter: str = "model",
+                  world: Path | None = None) -> Report:
+    """Replay each bag through the graph and report PA and PR per bag (condition) and overall;
+    `segmenter` oracle[:...] runs the graph on the world's ground-truth labels (the ceiling)."""
     from segloc_core.eval import trajectory_metrics as tm
     from segloc_core.eval.evaluate import PA, PR, write_report
     from segloc_core.maps.format import size_report
 
-    check_inputs(bags, map_path, model_path)
+    check_inputs(bags, map_path, model_path, segmenter, world)
+    if segmenter != "model":
+        launch_args = {"segmenter": segmenter, **({"world": str(world)} if world else {}), **(launch_args or {})}
     out_dir.mkdir(parents=True, exist_ok=True)
     params = out_dir / "eval_params.yaml"   # score the prior on every frame, not only when lost
     params.write_text("/**/retrieval_node:\n  ros__parameters:\n    retrieve_while_tracking: true\n")
@@ -317,14 +328,9 @@ def _run(args) -> int:
 
     if not args.bag:
         return run_queries(args)
-    if args.segmenter != "model":
-        from segloc_core.errors import InputError
-
-        raise InputError("--segmenter oracle works with --queries, not yet with --bag: the nodes' "
-                         "Segmentation message carries one K for all levels")
     out = args.out or home() / "eval" / "bag"
     report = evaluate_bags(args.bag, args.map or map_path(), args.model, out, args.rate,
-                           args.ground_truth)
+                           args.ground_truth, segmenter=args.segmenter, world=args.world)
     print(report.markdown)
     print(f"report: {out}")
     return 0
