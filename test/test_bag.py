@@ -356,14 +356,49 @@ def _corrupt_middle_chunk(bag: Path) -> None:
         f.write((2**40).to_bytes(8, "little"))
 
 
+def _chunk_spans_and_times(bag: Path, topics: list[str]):
+    from mcap.reader import make_reader
+
+    path = next(bag.glob("*.mcap"))
+    with path.open("rb") as f:
+        chunks = sorted(make_reader(f).get_summary().chunk_indexes, key=lambda c: c.chunk_start_offset)
+    with Reader(bag) as reader:
+        times = [t for _, t, _ in reader.messages([c for c in reader.connections if c.topic in topics])]
+    return chunks, np.array(times)
+
+
 def test_damaged_chunk_is_skipped_and_counted(tmp_path):
+    """Only the damaged chunk's messages are lost: replay resumes right after that chunk (it used to
+    step forward 1, 2, 4 ... ms past the damage and drop good messages of the next chunks)."""
     bag = write_bag(tmp_path / "bag", image_size=(640, 480))  # ~1 image per 1 MiB chunk
+    topics = ["/camera/image_raw", "/tf"]
+    chunks, times = _chunk_spans_and_times(bag, topics)
+    damaged = chunks[len(chunks) // 2]
+    lost = int(np.sum((times >= damaged.message_start_time) & (times <= damaged.message_end_time)))
     _corrupt_middle_chunk(bag)
-    stats = play_bag(bag, rate=4.0, topics=["/camera/image_raw", "/tf"])
+    stats = play_bag(bag, rate=4.0, topics=topics)
     assert len(stats.read_errors) == 1 and "Truncated record" in stats.read_errors[0]
-    assert stats.skipped >= 1
-    assert stats.total + stats.skipped == N_IMAGES + N_TF
-    assert stats.published["/camera/image_raw"] >= N_IMAGES - 3
+    assert stats.skipped == lost >= 1
+    assert stats.total == N_IMAGES + N_TF - lost
+
+
+def test_bag_with_nothing_readable_exits_4(tmp_path):
+    """A damaged single-chunk bag used to 'play' with exit 0 having published nothing."""
+    bag = write_bag(tmp_path / "bag")  # small images: one chunk
+    chunks, _ = _chunk_spans_and_times(bag, ["/tf"])
+    assert len(chunks) == 1
+    path = next(bag.glob("*.mcap"))
+    data = bytearray(path.read_bytes())
+    c = chunks[0]
+    first_record = c.chunk_start_offset + 1 + 8 + 8 + 8 + 8 + 4 + 4 + len(c.compression) + 8
+    data[first_record + 1: first_record + 9] = (2**40).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="nothing could be played"):
+        play_bag(bag, topics=["/tf"])
+    out = subprocess.run([sys.executable, "-m", "segloc_ros.cli", "bag", "play", str(bag)],
+                         env=ros_environment(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == InputError.exit_code and "nothing could be played" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_broken_bags_raise_input_error(tmp_path):
@@ -440,3 +475,85 @@ def test_cli_record_stops_cleanly_on_sigint(tmp_path):
     with Reader(out) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
     assert counts == {"/tf": N_TF, "/tf_static": N_STATIC} and stats.total == N_TF + N_STATIC
+
+
+def _record_process(out: Path, topics: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "segloc_ros.cli", "bag", "record", "-o", str(out), *topics],
+                            env=ros_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_recorded_chunks_carry_crcs_and_a_flipped_byte_is_reported(tmp_path):
+    """Chunks written by the recorder carry CRCs (rosbags wrote 0, so flipped bytes played silently):
+    one flipped byte is reported on replay and costs that chunk only."""
+    from mcap.records import Chunk
+    from mcap.stream_reader import StreamReader
+
+    bag = write_bag(tmp_path / "bag", image_size=(320, 240))
+    out = tmp_path / "recorded"
+    proc = _record_process(out, ["/camera/image_raw", "/tf"])
+    context = rclpy.Context()
+    context.init()
+    node = Node("bag_crc_player", context=context)
+    try:
+        play_bag(bag, topics=["/camera/image_raw", "/tf"], wait_for=["/camera/image_raw", "/tf"], node=node,
+                 wait_timeout_s=20.0)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        node.destroy_node()
+        context.try_shutdown()
+    path = next(out.glob("*.mcap"))
+    chunks = [r for r in StreamReader(str(path), emit_chunks=True).records if isinstance(r, Chunk)]
+    assert len(chunks) >= 5 and all(c.uncompressed_crc != 0 for c in chunks)
+    topics = ["/camera/image_raw", "/tf"]
+    spans, times = _chunk_spans_and_times(out, topics)
+    assert len(times) >= N_IMAGES  # what the recorder got (its /tf may match late)
+    victim = spans[len(spans) // 2]
+    lost = int(np.sum((times >= victim.message_start_time) & (times <= victim.message_end_time)))
+    data = bytearray(path.read_bytes())
+    data[victim.chunk_start_offset + victim.chunk_length - 10] ^= 0x01  # inside the compressed data
+    path.write_bytes(bytes(data))
+    stats = play_bag(out, rate=4.0)
+    assert len(stats.read_errors) == 1, stats.read_errors
+    assert stats.total == len(times) - lost
+
+
+def test_killed_recorder_leaves_a_bag_that_reindex_recovers(tmp_path):
+    """SIGKILL mid-recording: the chunks closed so far are on disk (rosbags' writer left 0 bytes),
+    play names the fix, and `segloc bag reindex` writes a complete new bag of them, leaving the
+    original untouched."""
+    bag = write_bag(tmp_path / "bag", image_size=(320, 240))  # 230 kB images: a chunk each
+    out = tmp_path / "killed"
+    proc = _record_process(out, ["/camera/image_raw", "/tf"])
+    context = rclpy.Context()
+    context.init()
+    node = Node("bag_kill_player", context=context)
+    try:
+        play_bag(bag, topics=["/camera/image_raw", "/tf"], wait_for=["/camera/image_raw", "/tf"], node=node,
+                 wait_timeout_s=20.0)
+        time.sleep(1.0)  # the recorder flushes closed chunks twice a second
+        proc.kill()
+        proc.communicate(timeout=20)
+    finally:
+        node.destroy_node()
+        context.try_shutdown()
+    path = next(out.glob("*.mcap"))
+    assert path.stat().st_size > 1000  # more than a header: the closed chunks reached the disk
+    with pytest.raises(InputError, match="segloc bag reindex"):
+        play_bag(out)
+    before = path.read_bytes()
+    run = subprocess.run([sys.executable, "-m", "segloc_ros.cli", "bag", "reindex", str(out)],
+                         env=ros_environment(), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert path.read_bytes() == before and not (out / "metadata.yaml").exists()  # original untouched
+    fixed = tmp_path / "killed_reindexed"
+    assert "lost:" in run.stdout and str(fixed) in run.stdout  # the unfinished tail is reported
+    with Reader(fixed) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+        images = [bytes(raw) for c, _, raw in reader.messages() if c.topic == "/camera/image_raw"]
+    assert counts["/camera/image_raw"] >= N_IMAGES - 2 and len(images) == counts["/camera/image_raw"]
+    stats = play_bag(fixed, rate=4.0)
+    assert stats.total == sum(counts.values()) and not stats.read_errors

@@ -122,11 +122,12 @@ def test_launcher_stops_the_graph_when_a_node_cannot_configure(tmp_path, damage)
     assert "lifecycle_manager exited with code 4" in text, text[-3000:]
 
 
-@pytest.mark.parametrize("when_s, times", [(0.3, 1), (8.0, 2)])
+@pytest.mark.parametrize("when_s, times", [(0.3, 1), (0.8, 1), (1.5, 1), (8.0, 2)])
 def test_ctrl_c_early_or_twice_leaves_no_traceback(when_s, times):
     """A terminal's Ctrl-C reaches every process of the group, so a node gets SIGINT while still
-    importing its libraries, or twice (terminal + launcher) while it shuts down: it must exit 0
-    without a KeyboardInterrupt traceback."""
+    importing its libraries, while rclpy builds it (the context is shut down under the node's
+    constructor: an RCLError traceback, seen under load), or twice (terminal + launcher) while it
+    shuts down: it must exit 0 without a traceback."""
     process = subprocess.Popen([sys.executable, "-m", "segloc_ros.nodes.retrieval_node"], env=ros_environment(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(when_s)

@@ -310,6 +310,11 @@ def spin_node(factory: Callable[[], Node]) -> int:
     except SeglocError as exc:
         (node.get_logger() if node else rclpy.logging.get_logger("segloc")).fatal(str(exc))
         return exc.exit_code
+    except Exception:
+        # a SIGINT while the node is being built makes rclpy shut the context down under its
+        # constructor (RCLError "the given context is not valid"): a stop, not a crash
+        if rclpy.ok():
+            raise
     finally:
         quiet_shutdown()
         if node is not None:

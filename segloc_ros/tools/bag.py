@@ -175,7 +175,8 @@ def _open_reader(path: Path):
         raise InputError(f"bag {path} does not exist")
     if path.is_dir() and not (path / "metadata.yaml").is_file():
         raise InputError(f"bag {path}: no metadata.yaml; a rosbag2 directory has one (a bag "
-                         "whose recording was killed lacks it: `ros2 bag reindex` restores it)")
+                         f"whose recording was killed lacks it: `segloc bag reindex {path}` recovers "
+                         "its readable messages into a new bag)")
     try:
         reader = Reader(path)
         reader.open()
@@ -184,13 +185,43 @@ def _open_reader(path: Path):
     return reader
 
 
+def chunk_spans(path: Path) -> list[tuple[int, int]]:
+    """(first, last) log time of every chunk of the bag's MCAP files, from their summaries; []
+    for sqlite3 bags or when no summary can be read."""
+    from mcap.reader import make_reader
+
+    spans = []
+    for file in sorted(path.glob("*.mcap")) if path.is_dir() else [path]:
+        try:
+            with open(file, "rb") as f:
+                summary = make_reader(f).get_summary()
+        except Exception:  # noqa: BLE001 - a damaged summary: fall back to stepping in time
+            return []
+        if summary is None:
+            return []
+        spans += [(c.message_start_time, c.message_end_time) for c in summary.chunk_indexes]
+    return sorted(spans)
+
+
+def _resume_points(origin: int, end: int, spans: list[tuple[int, int]]) -> Iterator[int]:
+    """Where to try reading again after a failure past `origin`: just after each chunk that ends
+    at or after it (the damaged chunk alone is skipped, and the next one is read whole), or, without
+    chunk spans (sqlite3), 1 ms, 2 ms, 4 ms... later."""
+    if spans:
+        yield from (e + 1 for _, e in spans if e >= origin)
+        return
+    step = 1_000_000
+    while origin + step < end:
+        yield origin + step
+        step *= 2
+
+
 def _tolerant_messages(reader, connections: list[Connection], start: int | None, end: int,
-                       errors: list[str]) -> Iterator[tuple[Connection, int, bytes]]:
+                       errors: list[str], spans: list[tuple[int, int]] = ()) -> Iterator[tuple[Connection, int, bytes]]:
     """Messages in time order; a stretch that cannot be read is skipped and reported.
 
-    After a read error the stream resumes at the first readable time after the damage, found by
-    stepping forward 1 ms, 2 ms, 4 ms... past the last good stamp (a damaged MCAP chunk or
-    sqlite page is skipped as a whole).
+    After a read error the stream resumes at the first readable time after the damage
+    (`_resume_points`; `spans` from `chunk_spans`).
     """
     failures = _reader_errors()
     last = start
@@ -203,26 +234,27 @@ def _tolerant_messages(reader, connections: list[Connection], start: int | None,
             return
         except failures as exc:
             origin = last if last is not None else reader.start_time
-            step = 1_000_000
-            while True:
-                resume = origin + step
+            for resume in _resume_points(origin, end, list(spans)):
                 if resume >= end:
-                    errors.append(f"unreadable from {origin * 1e-9:.3f} s to the end: {exc}")
-                    return
+                    break
                 stream = iter(reader.messages(connections=connections, start=resume, stop=end))
                 try:
                     first = next(stream)
                 except StopIteration:
-                    errors.append(f"unreadable from {origin * 1e-9:.3f} s to the end: {exc}")
-                    return
+                    break
                 except failures:
-                    step *= 2
                     continue
                 errors.append(f"unreadable from {origin * 1e-9:.3f} s to {resume * 1e-9:.3f} s: "
                               f"{exc}")
                 last = first[1] + 1
                 yield first
                 break
+            else:
+                errors.append(f"unreadable from {origin * 1e-9:.3f} s to the end: {exc}")
+                return
+            if last is None or last <= origin:
+                errors.append(f"unreadable from {origin * 1e-9:.3f} s to the end: {exc}")
+                return
 
 
 def _parse_remap(remap: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
@@ -321,8 +353,12 @@ def play_bag(path: str | Path, *, rate: float = 1.0, loop: bool = False, clock: 
         if clock_pub is not None:
             outputs["/clock"] = clock_pub
         _wait_for_subscribers(outputs, wait_for, wait_count, wait_timeout_s, stop)
-        return _play(reader, chosen, publishers, remaps, clock_pub, clock_hz, rate, loop,
-                     int(start_offset_s * 1e9), delay_s, stop)
+        stats = _play(reader, chosen, publishers, remaps, clock_pub, clock_hz, rate, loop,
+                      int(start_offset_s * 1e9), delay_s, stop, chunk_spans(path))
+        if stats.total == 0 and stats.read_errors:
+            raise InputError(f"bag {path}: nothing could be played ({'; '.join(stats.read_errors)}); "
+                             f"`segloc bag reindex {path}` recovers what is readable")
+        return stats
     finally:
         reader.close()
         if context is not None:
@@ -367,7 +403,7 @@ def _wait_for_subscribers(by_name: dict, wait_for: Sequence[str], count: int, ti
 
 
 def _play(reader, chosen, publishers, remaps, clock_pub, clock_hz, rate, loop, offset_ns,
-          delay_s, stop) -> PlaybackStats:
+          delay_s, stop, spans) -> PlaybackStats:
     from builtin_interfaces.msg import Time
     from rosgraph_msgs.msg import Clock
 
@@ -375,7 +411,7 @@ def _play(reader, chosen, publishers, remaps, clock_pub, clock_hz, rate, loop, o
     end = reader.end_time
     expected = sum(c.msgcount for c in chosen)
     if start is not None:  # count what the offset leaves out, to tell skipped from not played
-        expected -= sum(1 for _ in _tolerant_messages(reader, chosen, None, start, []))
+        expected -= sum(1 for _ in _tolerant_messages(reader, chosen, None, start, [], spans))
     published: dict[str, int] = defaultdict(int)
     timing, errors = _Timing(), []
     clock_period_ns = int(1e9 / clock_hz) if clock_pub else 0
@@ -390,7 +426,7 @@ def _play(reader, chosen, publishers, remaps, clock_pub, clock_hz, rate, loop, o
         anchor_wall = anchor_bag = None
         next_clock = None
         first_stamp = last_stamp = None
-        for conn, stamp, raw in _tolerant_messages(reader, chosen, start, end, errors):
+        for conn, stamp, raw in _tolerant_messages(reader, chosen, start, end, errors, spans):
             if anchor_wall is None:
                 anchor_wall, anchor_bag = time.perf_counter_ns(), stamp
                 next_clock = anchor_wall
@@ -417,6 +453,10 @@ def _play(reader, chosen, publishers, remaps, clock_pub, clock_hz, rate, loop, o
             wall_last = now
         if first_stamp is not None:
             bag_ns += last_stamp - first_stamp
+        if not stopped and pass_count < expected and len(errors) == pass_errors:
+            # a damaged record inside a chunk can end the chunk early without an error
+            errors.append(f"{expected - pass_count} of the {expected} messages the bag lists could not "
+                          "be read (damaged records, no error raised)")
         if not stopped and len(errors) > pass_errors:
             skipped += max(0, expected - pass_count)
         if not loop or pass_count == 0:
@@ -492,7 +532,9 @@ def _nested_names(desc) -> list[str]:
 def record_bag(out: str | Path, topics: Sequence[str], *, duration: float | None = None,
                stop_event: threading.Event | None = None, discovery_timeout_s: float = 10.0,
                node: Node | None = None) -> RecordStats:
-    """Record `topics` from the graph into a new MCAP rosbag2 directory `out`.
+    """Record `topics` from the graph into a new MCAP rosbag2 directory `out` (`bag_storage.BagWriter`:
+    chunks with CRCs, flushed as they close, so a killed recorder leaves a bag `segloc bag reindex`
+    recovers up to its last 128 KiB).
 
     Types and QoS come from the graph (waits up to `discovery_timeout_s` for each topic to have
     a publisher); each subscription adapts to its publishers' QoS (reliable / transient_local only
@@ -500,8 +542,6 @@ def record_bag(out: str | Path, topics: Sequence[str], *, duration: float | None
     after `duration` seconds or when `stop_event` is set. Without `node` a private rclpy context
     is used.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
-
     out = Path(out)
     if out.exists():
         raise InputError(f"{out} exists already; recording never overwrites")
@@ -517,8 +557,7 @@ def record_bag(out: str | Path, topics: Sequence[str], *, duration: float | None
         context.init(args=[])  # the CLI's argv is not for rcl
         node = RclpyNode("segloc_bag_recorder", context=context, start_parameter_services=False)
     try:
-        return _record(node, out, list(topics), duration, stop, discovery_timeout_s,
-                       Writer, StoragePlugin, WriterError)
+        return _record(node, out, list(topics), duration, stop, discovery_timeout_s)
     finally:
         if context is not None:
             node.destroy_node()
@@ -539,23 +578,24 @@ def _discover(node, topics: list[str], timeout_s: float, stop: threading.Event) 
     return found
 
 
-def _record(node, out, topics, duration, stop, timeout_s, Writer, StoragePlugin, WriterError):
+def _record(node, out, topics, duration, stop, timeout_s):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
+    from segloc_ros.tools.bag_storage import BagWriter
+
     types = _discover(node, topics, timeout_s, stop)
     store = typestore_for(sorted(set(types.values())))
-    writer = Writer(out, version=9, storage_plugin=StoragePlugin.MCAP)
-    writer.open()
+    writer = BagWriter(out)
     lock = threading.Lock()
     counts: dict[str, int] = defaultdict(int)
     subscriptions = []
     try:
         for topic, msgtype in types.items():
             offers = [info.qos_profile for info in node.get_publishers_info_by_topic(topic)]
-            conn = writer.add_connection(topic, msgtype, typestore=store,
-                                         offered_qos_profiles=[_qos_to_recorded(q) for q in offers])
+            conn = writer.add_connection(topic, msgtype, store.generate_msgdef(msgtype, ros_version=2)[0],
+                                         store.hash_rihs01(msgtype), [_qos_to_recorded(q) for q in offers])
             reliable = all(q.reliability == ReliabilityPolicy.RELIABLE for q in offers)
             latched = bool(offers) and all(q.durability == DurabilityPolicy.TRANSIENT_LOCAL
                                            for q in offers)
@@ -575,8 +615,13 @@ def _record(node, out, topics, duration, stop, timeout_s, Writer, StoragePlugin,
         executor.add_node(node)
         started = time.monotonic()
         end = started + duration if duration is not None else float("inf")
+        flushed = started
         while not stop.is_set() and time.monotonic() < end and rclpy.ok(context=node.context):
             executor.spin_once(timeout_sec=min(0.05, max(0.0, end - time.monotonic())))
+            if time.monotonic() - flushed > 0.5:  # closed chunks reach the file, killed or not
+                with lock:
+                    writer.flush()
+                flushed = time.monotonic()
         executor.remove_node(node)
         elapsed = time.monotonic() - started
     finally:
@@ -585,7 +630,7 @@ def _record(node, out, topics, duration, stop, timeout_s, Writer, StoragePlugin,
         with lock:
             try:
                 writer.close()
-            except WriterError as exc:
+            except OSError as exc:
                 raise InputError(f"could not finish bag {out}: {exc}") from None
     return RecordStats(out, dict(counts), types, elapsed)
 
@@ -631,8 +676,16 @@ def _run_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_reindex(args: argparse.Namespace) -> int:
+    from segloc_ros.tools.bag_storage import reindex
+
+    for line in reindex(args.bag, args.output).lines():
+        print(line)
+    return 0
+
+
 def configure_cli(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bag_command", metavar="{play,record}", required=True)
+    sub = parser.add_subparsers(dest="bag_command", metavar="{play,record,reindex}", required=True)
     play = sub.add_parser("play", help="publish a rosbag2 (MCAP or sqlite3) at its recorded pace")
     play.add_argument("bag", type=Path, help="rosbag2 directory (or a single .mcap/.db3 file)")
     play.add_argument("--rate", type=positive_float, default=1.0, help="playback speed factor")
@@ -659,3 +712,9 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     record.add_argument("--wait", type=float, default=10.0, metavar="S",
                         help="how long to wait for the topics' publishers to appear")
     record.set_defaults(func=_run_record)
+    reindex = sub.add_parser("reindex", help="recover the readable messages of a damaged or unfinished "
+                             "MCAP bag (a killed recorder's) into a new, complete bag")
+    reindex.add_argument("bag", type=Path, help="rosbag2 directory or .mcap file (never modified)")
+    reindex.add_argument("-o", "--output", type=Path, default=None,
+                         help="new bag directory (default: BAG_reindexed beside it)")
+    reindex.set_defaults(func=_run_reindex)
