@@ -10,11 +10,17 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
-from segloc_ros.graph import LAUNCH_ARGUMENTS, PACKAGE, localize_graph, ros_environment
+from segloc_core.errors import InputError
+from segloc_ros.graph import LAUNCH_ARGUMENTS, PACKAGE, localize_graph, misspelled_arguments, ros_environment
 from segloc_ros.params import validate_params_file
 
 
 def _nodes(context):
+    # ros2 launch ignores undeclared arguments: a typo (mapp:=...) would run on the default map
+    typos = misspelled_arguments(context.launch_configurations)
+    if typos:
+        raise InputError("unknown launch argument(s): " + ", ".join(
+            f"{given}:= (did you mean {known}:=?)" for given, known in sorted(typos.items())))
     values = {arg.name: LaunchConfiguration(arg.name).perform(context) for arg in LAUNCH_ARGUMENTS}
     graph = localize_graph(values)
     for path in graph.params_files:

@@ -8,9 +8,10 @@ same `name:=value` launch arguments, defined in LAUNCH_ARGUMENTS.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,23 @@ def ros_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def misspelled_arguments(names: Iterable[str]) -> dict[str, str]:
+    """{name: launch argument it is probably a typo of} for names that are not launch arguments
+    but close to one (`mapp` -> `map`). `ros2 launch` ignores arguments a launch file does not
+    declare, and a parent launch file's own arguments reach this one too, so only near misses
+    are errors there; the project's launcher refuses every unknown name."""
+    known = [arg.name for arg in LAUNCH_ARGUMENTS]
+    return {name: close[0] for name in names if name not in known
+            and (close := difflib.get_close_matches(name, known, n=1, cutoff=0.75))}
+
+
 def parse_launch_arguments(values: Mapping[str, str]) -> dict[str, str]:
     """Launch argument values with defaults filled in; InputError names an unknown argument."""
     known = {arg.name: arg for arg in LAUNCH_ARGUMENTS}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise InputError(f"unknown launch argument(s) {unknown}; known: {sorted(known)}")
+        hints = "".join(f" ({a}: did you mean {b}?)" for a, b in misspelled_arguments(unknown).items())
+        raise InputError(f"unknown launch argument(s) {unknown}{hints}; known: {sorted(known)}")
     return {name: values.get(name, arg.default) for name, arg in known.items()}
 
 

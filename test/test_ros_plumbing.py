@@ -15,7 +15,7 @@ import pytest
 from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
 from segloc_ros.adapters.tf import TransformBuffer, TransformUnavailable, pose_to_transform
-from segloc_ros.graph import Graph, NodeSpec, localize_graph, ros_environment
+from segloc_ros.graph import Graph, NodeSpec, localize_graph, misspelled_arguments, ros_environment
 from segloc_ros.launcher import run_graph
 from segloc_ros.params import ParamSpec, validate_params_file
 
@@ -207,6 +207,10 @@ def test_shipped_params_match_declared_parameters():
     assert graph.fqn(refiner) == "/robot1/refiner_node"
     with pytest.raises(InputError, match="tracking"):
         localize_graph({"tracking": "maybe"})
-    with pytest.raises(InputError, match="unknown launch argument"):
+    with pytest.raises(InputError, match="unknown launch argument.*mapp: did you mean map"):
         localize_graph({"mapp": "x"})
+    # what the launch file refuses under ros2 launch, which ignores undeclared arguments: near
+    # misses of ours, not a parent launch file's own arguments
+    assert misspelled_arguments(["mapp", "namspace", "use_sim_tme", "robot_name", "map", "x"]) == {
+        "mapp": "map", "namspace": "namespace", "use_sim_tme": "use_sim_time"}
     assert ParamSpec("x", 1.0, "").parse("2") == 2.0
