@@ -477,9 +477,30 @@ def test_cli_record_stops_cleanly_on_sigint(tmp_path):
     assert counts == {"/tf": N_TF, "/tf_static": N_STATIC} and stats.total == N_TF + N_STATIC
 
 
-def _record_process(out: Path, topics: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "segloc_ros.cli", "bag", "record", "-o", str(out), *topics],
+def _record_while_playing(bag: Path, out: Path, stop: str) -> Path:
+    """`segloc bag record` (a process) of `bag`'s images and /tf while it plays, then stopped with
+    `stop` ("sigint" or "kill", 0.5 s / 1 s after the last message); the recorded MCAP file."""
+    topics = ["/camera/image_raw", "/tf"]
+    proc = subprocess.Popen([sys.executable, "-m", "segloc_ros.cli", "bag", "record", "-o", str(out), *topics],
                             env=ros_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    context = rclpy.Context()
+    context.init()
+    node = Node("bag_test_source", context=context)
+    try:
+        play_bag(bag, topics=topics, wait_for=topics, node=node, wait_timeout_s=20.0)
+        if stop == "kill":
+            time.sleep(1.0)  # the recorder flushes closed chunks twice a second
+            proc.kill()
+        else:
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        node.destroy_node()
+        context.try_shutdown()
+    return next(out.glob("*.mcap"))
 
 
 def test_recorded_chunks_carry_crcs_and_a_flipped_byte_is_reported(tmp_path):
@@ -488,24 +509,8 @@ def test_recorded_chunks_carry_crcs_and_a_flipped_byte_is_reported(tmp_path):
     from mcap.records import Chunk
     from mcap.stream_reader import StreamReader
 
-    bag = write_bag(tmp_path / "bag", image_size=(320, 240))
     out = tmp_path / "recorded"
-    proc = _record_process(out, ["/camera/image_raw", "/tf"])
-    context = rclpy.Context()
-    context.init()
-    node = Node("bag_crc_player", context=context)
-    try:
-        play_bag(bag, topics=["/camera/image_raw", "/tf"], wait_for=["/camera/image_raw", "/tf"], node=node,
-                 wait_timeout_s=20.0)
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        node.destroy_node()
-        context.try_shutdown()
-    path = next(out.glob("*.mcap"))
+    path = _record_while_playing(write_bag(tmp_path / "bag", image_size=(320, 240)), out, "sigint")
     chunks = [r for r in StreamReader(str(path), emit_chunks=True).records if isinstance(r, Chunk)]
     assert len(chunks) >= 5 and all(c.uncompressed_crc != 0 for c in chunks)
     topics = ["/camera/image_raw", "/tf"]
@@ -525,22 +530,8 @@ def test_killed_recorder_leaves_a_bag_that_reindex_recovers(tmp_path):
     """SIGKILL mid-recording: the chunks closed so far are on disk (rosbags' writer left 0 bytes),
     play names the fix, and `segloc bag reindex` writes a complete new bag of them, leaving the
     original untouched."""
-    bag = write_bag(tmp_path / "bag", image_size=(320, 240))  # 230 kB images: a chunk each
-    out = tmp_path / "killed"
-    proc = _record_process(out, ["/camera/image_raw", "/tf"])
-    context = rclpy.Context()
-    context.init()
-    node = Node("bag_kill_player", context=context)
-    try:
-        play_bag(bag, topics=["/camera/image_raw", "/tf"], wait_for=["/camera/image_raw", "/tf"], node=node,
-                 wait_timeout_s=20.0)
-        time.sleep(1.0)  # the recorder flushes closed chunks twice a second
-        proc.kill()
-        proc.communicate(timeout=20)
-    finally:
-        node.destroy_node()
-        context.try_shutdown()
-    path = next(out.glob("*.mcap"))
+    out = tmp_path / "killed"  # 230 kB images: a chunk each
+    path = _record_while_playing(write_bag(tmp_path / "bag", image_size=(320, 240)), out, "kill")
     assert path.stat().st_size > 1000  # more than a header: the closed chunks reached the disk
     with pytest.raises(InputError, match="segloc bag reindex"):
         play_bag(out)
