@@ -22,7 +22,8 @@ from rosbags.typesys import Stores, get_typestore
 
 from segloc_core.errors import InputError
 from segloc_ros.graph import ros_environment
-from segloc_ros.tools.bag import message_class, play_bag, record_bag, typestore_for
+from segloc_ros.tools.bag import message_class, play_bag, record_bag
+from segloc_ros.tools.bag_storage import typestore_for
 
 STORE = get_typestore(Stores.ROS2_KILTED)
 T0_NS = 1_700_000_000_000_000_000

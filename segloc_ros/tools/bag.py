@@ -10,8 +10,8 @@ Timing: message i goes out at wall time `t0 + (stamp_i - stamp_first) / rate`, w
 the bag's receive timestamps; the achieved error (publish call time minus target) is measured and
 returned. /clock (rosgraph_msgs/Clock), when asked for, carries bag time at a fixed wall rate.
 
-(About 650 lines, one module on purpose: player, recorder and their CLI share the bag opening,
-type registration and QoS handling.)
+Player, recorder and their CLI share the bag opening and QoS handling here; writing MCAP files,
+recovering damaged ones and the message definitions live in `bag_storage`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import logging
 import signal
 import sqlite3
 import struct
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -35,12 +34,12 @@ import numpy as np
 
 from segloc_core.cli import positive_float
 from segloc_core.errors import InputError
+from segloc_ros.tools.bag_storage import BagWriter, typestore_for
 
 if TYPE_CHECKING:
     from rclpy.node import Node
     from rclpy.qos import QoSProfile
     from rosbags.interfaces import Connection, Qos
-    from rosbags.typesys.store import Typestore
 
 LOG = logging.getLogger(__name__)
 
@@ -477,58 +476,6 @@ class RecordStats:
     duration_s: float               # wall time from start to stop
 
 
-def _share_dir(package: str) -> Path | None:
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory(package))
-    except (ImportError, LookupError, ValueError, OSError):  # OSError: no AMENT_PREFIX_PATH
-        candidate = Path(sys.prefix) / "share" / package
-        return candidate if candidate.is_dir() else None
-
-
-def typestore_for(msgtypes: Sequence[str]) -> Typestore:
-    """Kilted's typestore plus the .msg definitions of installed packages it does not know.
-
-    The bag's message definitions and RIHS01 hashes come from here, so a package's own types
-    (segloc_msgs) are registered from the .msg files in its share directory, dependencies included.
-    """
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
-    store = get_typestore(Stores.ROS2_KILTED)
-    pending = [t for t in msgtypes if t not in store.fielddefs]
-    seen: set[str] = set()
-    while pending:
-        pkg = pending.pop().split("/")[0]
-        if pkg in seen:
-            continue
-        seen.add(pkg)
-        share = _share_dir(pkg)
-        files = sorted((share / "msg").glob("*.msg")) if share else []
-        if not files:
-            raise InputError(f"no message definitions for package {pkg!r} (looked for "
-                             f"share/{pkg}/msg/*.msg); cannot record its types")
-        types = {}
-        for file in files:
-            types.update(get_types_from_msg(file.read_text(), f"{pkg}/msg/{file.stem}"))
-        for _, fields in types.values():
-            for _, desc in fields:
-                nested = _nested_names(desc)
-                pending.extend(n for n in nested if n not in store.fielddefs and n not in types)
-        store.register(types)
-    return store
-
-
-def _nested_names(desc) -> list[str]:
-    """Message type names referenced by a rosbags field description (nested or arrays thereof)."""
-    kind, arg = desc
-    if getattr(kind, "name", "") == "NAME":
-        return [arg]
-    if isinstance(arg, tuple) and arg and isinstance(arg[0], tuple):
-        return _nested_names(arg[0])
-    return []
-
-
 def record_bag(out: str | Path, topics: Sequence[str], *, duration: float | None = None,
                stop_event: threading.Event | None = None, discovery_timeout_s: float = 10.0,
                node: Node | None = None) -> RecordStats:
@@ -582,8 +529,6 @@ def _record(node, out, topics, duration, stop, timeout_s):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
-    from segloc_ros.tools.bag_storage import BagWriter
 
     types = _discover(node, topics, timeout_s, stop)
     store = typestore_for(sorted(set(types.values())))

@@ -11,15 +11,23 @@ CRCs, flushed to the file as they close, so a killed recorder loses at most its 
 record by record (no summary needed), keeps every chunk whose CRC and decompression hold, reports
 the ones that do not and a truncated tail, and writes a complete new bag (summary, indexes,
 metadata.yaml) beside the original, which it never modifies.
+
+`typestore_for` gives the message definitions and type hashes both need (and the player's check).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segloc_core.errors import InputError
+
+if TYPE_CHECKING:
+    from rosbags.typesys.store import Typestore
 
 LOG = logging.getLogger(__name__)
 
@@ -227,8 +235,6 @@ def _reconnect(writer: BagWriter, channel, schema) -> int:
     """The recovered channel in the new bag, with its QoS offers and type hash where known."""
     from rosbags.rosbag2.metadata import parse_qos
 
-    from segloc_ros.tools.bag import typestore_for
-
     try:
         qos = parse_qos(channel.metadata.get("offered_qos_profiles", "")) if channel.metadata else []
     except Exception:  # noqa: BLE001 - QoS offers are a hint for replay; a damaged one is dropped
@@ -238,3 +244,55 @@ def _reconnect(writer: BagWriter, channel, schema) -> int:
     except (InputError, KeyError):
         digest = ""
     return writer.add_connection(channel.topic, schema.name, schema.data.decode(errors="replace"), digest, qos)
+
+
+def _share_dir(package: str) -> Path | None:
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory(package))
+    except (ImportError, LookupError, ValueError, OSError):  # OSError: no AMENT_PREFIX_PATH
+        candidate = Path(sys.prefix) / "share" / package
+        return candidate if candidate.is_dir() else None
+
+
+def typestore_for(msgtypes: Sequence[str]) -> Typestore:
+    """Kilted's typestore plus the .msg definitions of installed packages it does not know.
+
+    The bag's message definitions and RIHS01 hashes come from here, so a package's own types
+    (segloc_msgs) are registered from the .msg files in its share directory, dependencies included.
+    """
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    pending = [t for t in msgtypes if t not in store.fielddefs]
+    seen: set[str] = set()
+    while pending:
+        pkg = pending.pop().split("/")[0]
+        if pkg in seen:
+            continue
+        seen.add(pkg)
+        share = _share_dir(pkg)
+        files = sorted((share / "msg").glob("*.msg")) if share else []
+        if not files:
+            raise InputError(f"no message definitions for package {pkg!r} (looked for "
+                             f"share/{pkg}/msg/*.msg); cannot record its types")
+        types = {}
+        for file in files:
+            types.update(get_types_from_msg(file.read_text(), f"{pkg}/msg/{file.stem}"))
+        for _, fields in types.values():
+            for _, desc in fields:
+                nested = _nested_names(desc)
+                pending.extend(n for n in nested if n not in store.fielddefs and n not in types)
+        store.register(types)
+    return store
+
+
+def _nested_names(desc) -> list[str]:
+    """Message type names referenced by a rosbags field description (nested or arrays thereof)."""
+    kind, arg = desc
+    if getattr(kind, "name", "") == "NAME":
+        return [arg]
+    if isinstance(arg, tuple) and arg and isinstance(arg[0], tuple):
+        return _nested_names(arg[0])
+    return []
