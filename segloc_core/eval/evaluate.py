@@ -22,6 +22,7 @@ from segloc_core.eval import trajectory_metrics as tm
 from segloc_core.net import segmenters
 
 PA, PR = "PA (retrieval prior)", "PR (refined)"
+SIFT = "SIFT-PnP (classical baseline)"
 
 
 @dataclass(frozen=True)
@@ -58,23 +59,36 @@ def write_report(out_dir: Path, ground_truth: tm.Trajectory, estimates: Mapping[
 
 def evaluate_queries(query_dirs: Sequence[Path], map_path: Path, model_path: Path | None,
                      out_dir: Path, backend: str = "auto", progress: bool = True,
-                     segmenter: str = "model", world: Path | None = None) -> Report:
+                     segmenter: str = "model", world: Path | None = None,
+                     sift_database: Path | None = None) -> Report:
     """Localize every query image (no tracking) and report PA and PR per folder (condition).
-    `segmenter`: "model" or an oracle spec (`segloc_core.net.segmenters`)."""
+    `segmenter`: "model" or an oracle spec (`segloc_core.net.segmenters`). With `sift_database`
+    (posed mapping images) the classical baseline (`segloc_core.eval.sift_baseline`) localizes the
+    same images from the same retrieval, reported beside them with its map's bytes."""
+    import cv2
+
     from segloc_core.localize.localizer import localize_queries
     from segloc_core.maps.format import load_map, size_report
     from segloc_core.maps.query_sets import load_query_set
     from segloc_core.net.segmenters import open_segmenter
+    from segloc_core.paths import home
+    from segloc_core.progress import progress_bar
 
     labeled_map = load_map(map_path)
     segmenter = open_segmenter(segmenter, model_path, backend, world)
-    stamps, gt, pa, pr, labels, skipped = [], [], {}, {}, [], []
+    sift = None
+    if sift_database is not None:
+        from segloc_core.eval.sift_baseline import SiftLocalizer, cached_sift_map
+
+        sift = SiftLocalizer(cached_sift_map(sift_database, home() / "sift"))
+    stamps, gt, pa, pr, labels, skipped, sift_poses = [], [], {}, {}, [], [], {}
     for folder in query_dirs:
         queries = load_query_set(folder)
         if any(q.T_cam_world_gt is None for q in queries):
             raise InputError(f"{folder}: evaluation needs reference poses for every query")
-        for q, result in zip(queries, localize_queries(queries, segmenter, labeled_map,
-                                                       progress=progress)):
+        results = localize_queries(queries, segmenter, labeled_map, progress=progress)
+        first = len(stamps)
+        for q, result in zip(queries, results):
             stamp = len(stamps) + 1   # queries have no common clock: number them
             stamps.append(stamp)
             gt.append(q.T_cam_world_gt)
@@ -85,17 +99,29 @@ def evaluate_queries(query_dirs: Sequence[Path], map_path: Path, model_path: Pat
             pa[stamp] = result.T_cam_world_prior
             if result.fix.accepted:
                 pr[stamp] = result.fix.T_cam_world
+        pending = [] if sift is None else [(k, q, r) for k, (q, r) in enumerate(zip(queries, results)) if not r.error]
+        for k, q, result in progress_bar(pending, desc="SIFT-PnP", unit="img", enabled=progress and bool(pending)):
+            fix = sift.localize(cv2.imread(str(q.image_path), cv2.IMREAD_GRAYSCALE), q.camera, list(result.retrieved))
+            if fix.T_cam_world is not None:
+                sift_poses[stamps[first + k]] = fix.T_cam_world
 
     def trajectory(poses: dict[int, object]) -> tm.Trajectory:
         keys = sorted(poses)
         return tm.Trajectory.from_poses(keys, [poses[k] for k in keys], inverse=True)
 
     report = size_report(map_path)
-    return write_report(out_dir, tm.Trajectory.from_poses(stamps, gt, inverse=True),
-                        {PA: trajectory(pa), PR: trajectory(pr)}, conditions=labels,
-                        extra={"map": str(map_path), "bytes_per_point": report.bytes_per_point,
-                               "queries": len(stamps), "skipped": skipped,
-                               "poses": "camera (T_world_cam)"})
+    estimates = {PA: trajectory(pa), PR: trajectory(pr)}
+    extra = {"map": str(map_path), "bytes_per_point": report.bytes_per_point, "queries": len(stamps),
+             "skipped": skipped, "poses": "camera (T_world_cam)"}
+    if sift is not None:
+        from segloc_core.eval.sift_baseline import PRIVACY
+
+        estimates[SIFT] = trajectory(sift_poses)
+        extra["map_bytes"] = {"segloc": report.file_bytes, "segloc_points": report.points, "sift": sift.map.nbytes,
+                              "sift_points": sift.map.points, "sift_observations": len(sift.map.point_ids)}
+        extra["sift_privacy"] = PRIVACY
+    return write_report(out_dir, tm.Trajectory.from_poses(stamps, gt, inverse=True), estimates,
+                        conditions=labels, extra=extra)
 
 
 def run_queries(args: argparse.Namespace) -> int:
@@ -105,11 +131,27 @@ def run_queries(args: argparse.Namespace) -> int:
     if not args.queries:
         raise InputError("give --queries DIR [DIR ...] (or `segloc eval seg`, or --bag with ROS)")
     out = args.out or home() / "eval" / "queries"
-    report = evaluate_queries(args.queries, args.map or map_path(), args.model, out, args.backend,
-                              segmenter=args.segmenter, world=args.world)
+    the_map = args.map or map_path()
+    database = args.database or (_mapping_images(the_map) if args.method == "sift" else None)
+    report = evaluate_queries(args.queries, the_map, args.model, out, args.backend,
+                              segmenter=args.segmenter, world=args.world, sift_database=database)
     print(report.markdown)
     print(f"report: {out}")
     return 0
+
+
+def _mapping_images(map_path: Path) -> Path:
+    """The posed images a map of a rendered world was built from (its mapping traversal's kapture
+    folder); other maps need --database."""
+    from segloc_core.maps.format import load_map
+    from segloc_core.world import load_world
+
+    source = load_map(map_path).meta.source
+    if not source.startswith("world:"):
+        raise InputError(f"--method sift needs --database (the posed mapping images: kapture or COLMAP) "
+                         f"for map {map_path} (built from {source})")
+    world = load_world(Path(source[len("world:"):]))
+    return world.root / world.mapping_condition
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +165,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", type=Path, nargs="+", default=None,
                         help="kapture or COLMAP query folders with reference poses")
+    parser.add_argument("--method", choices=("segloc", "sift"), default="segloc",
+                        help="sift: also the classical baseline (SIFT + PnP, pycolmap) on the same queries "
+                             "and retrieval, with its map's bytes (see segloc_core.eval.sift_baseline)")
+    parser.add_argument("--database", type=Path, default=None,
+                        help="--method sift: the posed mapping images (kapture or COLMAP; default for a "
+                             "world map: its mapping traversal)")
     add_common_arguments(parser)
     parser.set_defaults(func=run_queries)
     sub = parser.add_subparsers(dest="what", required=False, metavar="{seg}")

@@ -312,6 +312,7 @@ class QueryResult:
     retrieve_ms: float
     refine_ms: float
     error: str = ""          # why the image was skipped (unreadable, bad size, ...)
+    retrieved: tuple[Pose, ...] = ()  # the top-k database images' poses (a baseline matches against them)
 
 
 def localize_queries(queries: Sequence[QueryImage], segmenter, labeled_map: LabeledMap,
@@ -348,6 +349,7 @@ def localize_queries(queries: Sequence[QueryImage], segmenter, labeled_map: Labe
         fix = localizer.localize(levels, prior.T_cam_world, PriorSource.RETRIEVAL,
                                  prior.retrieved.image_ids)
         t3 = time.perf_counter()
+        retrieved = tuple(labeled_map.images.T_cam_world(int(i)) for i in prior.retrieved.image_ids)
         out.append(QueryResult(query.name, prior.T_cam_world, fix, (t1 - t0) * 1e3,
-                               (t2 - t1) * 1e3, (t3 - t2) * 1e3))
+                               (t2 - t1) * 1e3, (t3 - t2) * 1e3, retrieved=retrieved))
     return out

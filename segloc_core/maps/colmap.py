@@ -127,7 +127,11 @@ def _mapping_options(pycolmap):
 
 
 def _extract_and_match(pycolmap, db: Path, image_dir: Path, max_image_size: int,
-                       image_names: list[str] | None = None, camera: Camera | None = None) -> None:
+                       image_names: list[str] | None = None, camera: Camera | None = None,
+                       sequential_overlap: int = 0) -> None:
+    """SIFT into the database `db`, then matching: every pair, or with `sequential_overlap` > 0
+    each image with that many next ones in name order (a traversal; every pair of 300 frames is
+    45k pairs)."""
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.max_image_size = max_image_size
     extraction.num_threads = 2
@@ -139,37 +143,51 @@ def _extract_and_match(pycolmap, db: Path, image_dir: Path, max_image_size: int,
     pycolmap.extract_features(str(db), str(image_dir), image_names=image_names or [],
                               camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
                               extraction_options=extraction)
-    pycolmap.match_exhaustive(str(db))
+    if sequential_overlap > 0:
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = sequential_overlap
+        pairing.loop_detection = False
+        pycolmap.match_sequential(str(db), pairing_options=pairing)
+    else:
+        pycolmap.match_exhaustive(str(db))
+
+
+def triangulate_posed(image_dir: Path, names: list[str], poses: list[Pose], camera: Camera, work: Path,
+                      source: str, max_image_size: int = 1600, sequential_overlap: int = 0):
+    """SIFT matches between images whose poses T_cam_world are known (held fixed), triangulated:
+    the pycolmap Reconstruction; its features stay in `work`/database.db."""
+    pycolmap = require("pycolmap")
+    by_name = dict(zip(names, poses))
+    db = Path(work) / "database.db"
+    _extract_and_match(pycolmap, db, Path(image_dir), max_image_size, list(names), camera, sequential_overlap)
+    rec = pycolmap.Reconstruction()
+    database = pycolmap.Database.open(str(db))
+    try:
+        for cam in database.read_all_cameras():
+            rec.add_camera(cam)
+        for rig in database.read_all_rigs():
+            rec.add_rig(rig)
+        frames = {f.frame_id: f for f in database.read_all_frames()}
+        for image in database.read_all_images():
+            frame, pose = frames[image.frame_id], by_name[image.name]
+            frame.rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(pose.quat_xyzw()), pose.t)
+            rec.add_frame(frame)
+            rec.add_image(image)
+            rec.register_frame(frame.frame_id)
+    finally:
+        database.close()
+    (Path(work) / "tri").mkdir(exist_ok=True)
+    rec = pycolmap.triangulate_points(rec, str(db), str(image_dir), str(Path(work) / "tri"))
+    if rec.num_points3D() == 0:
+        raise InputError(f"{source}: triangulation produced no point (too few matches)")
+    return rec
 
 
 def posed_images_geometry(image_dir: Path, names: list[str], poses: list[Pose], camera: Camera,
                           source: str, max_image_size: int = 1600) -> MapGeometry:
     """Triangulate SIFT matches between images whose poses T_cam_world are known (held fixed)."""
-    pycolmap = require("pycolmap")
-    by_name = dict(zip(names, poses))
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "database.db"
-        _extract_and_match(pycolmap, db, Path(image_dir), max_image_size, list(names), camera)
-        rec = pycolmap.Reconstruction()
-        database = pycolmap.Database.open(str(db))
-        try:
-            for cam in database.read_all_cameras():
-                rec.add_camera(cam)
-            for rig in database.read_all_rigs():
-                rec.add_rig(rig)
-            frames = {f.frame_id: f for f in database.read_all_frames()}
-            for image in database.read_all_images():
-                frame, pose = frames[image.frame_id], by_name[image.name]
-                frame.rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(pose.quat_xyzw()), pose.t)
-                rec.add_frame(frame)
-                rec.add_image(image)
-                rec.register_frame(frame.frame_id)
-        finally:
-            database.close()
-        (Path(tmp) / "tri").mkdir()
-        rec = pycolmap.triangulate_points(rec, str(db), str(image_dir), str(Path(tmp) / "tri"))
-        if rec.num_points3D() == 0:
-            raise InputError(f"{source}: triangulation produced no point (too few matches)")
+        rec = triangulate_posed(image_dir, names, poses, camera, Path(tmp), source, max_image_size)
         return geometry_from_reconstruction(rec, Path(image_dir), source)
 
 
