@@ -171,6 +171,75 @@ def test_colmap_model_without_points_is_triangulated(tmp_path):
         assert np.allclose(pose.matrix()[:3], poses[name], atol=1e-6)
 
 
+def test_colmap_model_with_several_cameras_and_no_points_is_triangulated(tmp_path):
+    """Issue 14, defect 4: posed images from two cameras (two of the four photos at 60 %) were refused
+    with 'triangulation here supports one camera'; each image now keeps its own intrinsics."""
+    import cv2
+    import pycolmap
+
+    from segloc_core.maps.colmap import colmap_geometry
+
+    rec = pycolmap.Reconstruction(str(MAUPERTUIS / "colmap" / "reconstruction"))
+    base = next(iter(rec.cameras.values()))
+    f, cx, cy = base.params
+    w2, h2 = round(base.width * 0.6), round(base.height * 0.6)
+    images, model = tmp_path / "images", tmp_path / "model"
+    images.mkdir()
+    model.mkdir()
+    (model / "cameras.txt").write_text(f"1 SIMPLE_PINHOLE {base.width} {base.height} {f} {cx} {cy}\n"
+                                       f"2 SIMPLE_PINHOLE {w2} {h2} {f * w2 / base.width} {cx * w2 / base.width} "
+                                       f"{cy * h2 / base.height}\n")
+    rows = []
+    for i, image in enumerate(sorted(rec.images.values(), key=lambda im: im.name), start=1):
+        rgb = cv2.imread(str(MAUPERTUIS / "colmap" / "images" / image.name))
+        if i % 2 == 0:
+            rgb = cv2.resize(rgb, (w2, h2), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(images / image.name), rgb)
+        cfw = image.cam_from_world()
+        x, y, z, w = cfw.rotation.quat
+        rows.append(f"{i} {w} {x} {y} {z} {' '.join(map(str, cfw.translation))} {2 - i % 2} {image.name}\n\n")
+    (model / "images.txt").write_text("".join(rows))
+    (model / "points3D.txt").write_text("")
+    geo = colmap_geometry(model, images, max_image_size=640)
+    assert len(geo.names) == 4 and len(geo.xyz_m) > 20
+    sizes = {name: (cam.width, cam.height) for name, cam in zip(geo.names, geo.cameras)}
+    assert len(set(sizes.values())) == 2
+    # points reproject onto their keypoints in both cameras
+    obs = geo.observations
+    for i in range(len(geo.names)):
+        sel = obs.image_index == i
+        uv, valid = geo.cameras[i].project(geo.T_cam_world[i].transform(geo.xyz_m[obs.point_index[sel]]))
+        assert valid.all() and np.median(np.linalg.norm(uv - obs.uv[sel], axis=1)) < 2.0
+
+
+def test_kapture_rig_poses_are_resolved(tmp_path):
+    """Issue 14, defect 2: a camera in a rig (rigs.txt, trajectories of the rig) was ignored ('fewer
+    than 2 posed camera records'); its pose is the rig's composed with its pose in the rig."""
+    import shutil
+
+    from segloc_core.geometry import Pose
+    from segloc_core.maps.colmap import read_kapture_posed_images
+
+    names, poses, cams = read_kapture_posed_images(MAUPERTUIS / "kapture")
+    rig = tmp_path / "kapture"
+    shutil.copytree(MAUPERTUIS / "kapture", rig)
+    T_cam_rig = Pose.from_rotvec([0.1, -0.2, 0.05], [0.3, -0.1, 1.2])
+    lines = ["# timestamp, device_id, qw, qx, qy, qz, tx, ty, tz"]
+    for i, pose in enumerate(poses, start=1):  # records are stamped 1, 2, ... in order
+        T = T_cam_rig.inv() @ pose  # T_rig_world
+        x, y, z, w = T.quat_xyzw()
+        lines.append(f"{i}, rig_1, {w}, {x}, {y}, {z}, {', '.join(map(str, T.t))}")
+    (rig / "sensors" / "trajectories.txt").write_text("\n".join(lines) + "\n")
+    x, y, z, w = T_cam_rig.quat_xyzw()
+    (rig / "sensors" / "rigs.txt").write_text(
+        f"# rig_device_id, sensor_device_id, qw, qx, qy, qz, tx, ty, tz\nrig_1, cam_00001, {w}, {x}, {y}, {z}, "
+        f"{', '.join(map(str, T_cam_rig.t))}\n")
+    got_names, got_poses, _ = read_kapture_posed_images(rig)
+    assert got_names == names
+    for a, b in zip(got_poses, poses):
+        assert np.allclose(a.matrix(), b.matrix(), atol=1e-6)
+
+
 def test_bad_sources_are_refused(tmp_path):
     from segloc_core.maps.cli import MapSource
     from segloc_core.maps.colmap import colmap_geometry, read_kapture_posed_images
@@ -198,10 +267,14 @@ def test_sfm_from_images_alone(tmp_path):
     import cv2
 
     for rec in ds.frames("summer"):
-        cv2.imwrite(str(image_dir / f"{rec.index:04d}.png"), ds.rgb(rec)[:, :, ::-1])
+        rgb = ds.rgb(rec)[:, :, ::-1]
+        if rec.index % 2:  # another camera (issue 14, defect 3: photos of other sizes were dropped)
+            rgb = cv2.resize(rgb, (288, 216), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(image_dir / f"{rec.index:04d}.png"), rgb)
     shutil.rmtree(root)
     geo = sfm_geometry(image_dir)
     assert len(geo.names) >= 2 and len(geo.xyz_m) >= 30
+    assert {(c.width, c.height) for c in geo.cameras} == {(320, 240), (288, 216)}
     # SfM's own frame: points reproject onto their keypoints and lie in front of the cameras
     obs = geo.observations
     for i in range(len(geo.names)):

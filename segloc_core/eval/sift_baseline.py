@@ -80,15 +80,13 @@ def build_sift_map(database: Path, work: Path, overlap: int = 10, max_image_size
     images = load_query_set(database)
     if any(q.T_cam_world_gt is None for q in images):
         raise InputError(f"{database}: the SIFT baseline's database needs a pose for every image")
-    cameras = {(q.camera.model, q.camera.width, q.camera.height, tuple(q.camera.params)) for q in images}
-    if len(cameras) != 1:
-        raise InputError(f"{database}: the SIFT baseline supports one camera; found {len(cameras)}")
     root = Path(str(images[0].image_path)[: -len(images[0].name)])
     work.mkdir(parents=True, exist_ok=True)
     level, pycolmap.logging.minloglevel = pycolmap.logging.minloglevel, 1  # COLMAP's per-image INFO lines
     try:
-        rec = triangulate_posed(root, [q.name for q in images], [q.T_cam_world_gt for q in images], images[0].camera,
-                                work, f"sift:{database}", max_image_size, sequential_overlap=overlap)
+        rec = triangulate_posed(root, [q.name for q in images], [q.T_cam_world_gt for q in images],
+                                [q.camera for q in images], work, f"sift:{database}", max_image_size,
+                                sequential_overlap=overlap)
     finally:
         pycolmap.logging.minloglevel = level
     db = pycolmap.Database.open(str(work / "database.db"))

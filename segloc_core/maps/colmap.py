@@ -90,11 +90,9 @@ def colmap_geometry(model_dir: Path, image_dir: Path, max_image_size: int = 1600
     if rec.num_points3D() > 0:
         return geometry_from_reconstruction(rec, image_dir, source)
     images = [im for im in rec.images.values() if im.has_pose]
-    cameras = {im.camera_id for im in images}
-    if len(cameras) != 1:
-        raise InputError(f"{model_dir}: triangulation here supports one camera; the model has {len(cameras)}")
     return posed_images_geometry(Path(image_dir), [im.name for im in images], [_pose(im) for im in images],
-                                 camera_from_pycolmap(rec.cameras[cameras.pop()]), source, max_image_size)
+                                 [camera_from_pycolmap(rec.cameras[im.camera_id]) for im in images], source,
+                                 max_image_size)
 
 
 def sfm_geometry(image_dir: Path, work_dir: Path | None = None, max_image_size: int = 1600) -> MapGeometry:
@@ -105,7 +103,9 @@ def sfm_geometry(image_dir: Path, work_dir: Path | None = None, max_image_size: 
         work = Path(work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         db = work / "database.db"
-        _extract_and_match(pycolmap, db, image_dir, max_image_size)
+        # AUTO: a camera per image size / EXIF model, so photos from several cameras all take part
+        _extract(pycolmap, db, image_dir, max_image_size, mode="AUTO")
+        _match(pycolmap, db)
         recs = pycolmap.incremental_mapping(str(db), str(image_dir), str(work / "sparse"),
                                             options=_mapping_options(pycolmap))
         if not recs:
@@ -126,12 +126,10 @@ def _mapping_options(pycolmap):
     return options
 
 
-def _extract_and_match(pycolmap, db: Path, image_dir: Path, max_image_size: int,
-                       image_names: list[str] | None = None, camera: Camera | None = None,
-                       sequential_overlap: int = 0) -> None:
-    """SIFT into the database `db`, then matching: every pair, or with `sequential_overlap` > 0
-    each image with that many next ones in name order (a traversal; every pair of 300 frames is
-    45k pairs)."""
+def _extract(pycolmap, db: Path, image_dir: Path, max_image_size: int, image_names: list[str] | None = None,
+             camera: Camera | None = None, mode: str = "SINGLE") -> None:
+    """SIFT into the database `db`. mode: SINGLE (one camera; `camera`'s intrinsics when known),
+    PER_IMAGE, or AUTO (photos grouped by size and EXIF, as a folder of mixed cameras needs)."""
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.max_image_size = max_image_size
     extraction.num_threads = 2
@@ -141,8 +139,13 @@ def _extract_and_match(pycolmap, db: Path, image_dir: Path, max_image_size: int,
         reader.camera_model = camera.model
         reader.camera_params = ",".join(repr(float(v)) for v in camera.params)
     pycolmap.extract_features(str(db), str(image_dir), image_names=image_names or [],
-                              camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
+                              camera_mode=getattr(pycolmap.CameraMode, mode), reader_options=reader,
                               extraction_options=extraction)
+
+
+def _match(pycolmap, db: Path, sequential_overlap: int = 0) -> None:
+    """Every pair, or with `sequential_overlap` > 0 each image with that many next ones in name order
+    (a traversal: every pair of 300 frames is 45k pairs)."""
     if sequential_overlap > 0:
         pairing = pycolmap.SequentialPairingOptions()
         pairing.overlap = sequential_overlap
@@ -152,14 +155,36 @@ def _extract_and_match(pycolmap, db: Path, image_dir: Path, max_image_size: int,
         pycolmap.match_exhaustive(str(db))
 
 
-def triangulate_posed(image_dir: Path, names: list[str], poses: list[Pose], camera: Camera, work: Path,
+def _set_known_cameras(pycolmap, db: Path, cameras: dict[str, Camera]) -> None:
+    """Give every image of `db` the intrinsics it was recorded with (features were extracted with
+    one camera per image), before matching verifies geometry with them."""
+    database = pycolmap.Database.open(str(db))
+    try:
+        for image in database.read_all_images():
+            known = cameras[image.name]
+            cam = pycolmap.Camera(model=known.model, width=known.width, height=known.height,
+                                  params=list(known.params))
+            cam.camera_id = image.camera_id
+            cam.has_prior_focal_length = True
+            database.update_camera(cam)
+    finally:
+        database.close()
+
+
+def triangulate_posed(image_dir: Path, names: list[str], poses: list[Pose], cameras: list[Camera], work: Path,
                       source: str, max_image_size: int = 1600, sequential_overlap: int = 0):
-    """SIFT matches between images whose poses T_cam_world are known (held fixed), triangulated:
-    the pycolmap Reconstruction; its features stay in `work`/database.db."""
+    """SIFT matches between images whose poses T_cam_world and cameras are known (held fixed),
+    triangulated: the pycolmap Reconstruction; its features stay in `work`/database.db. Images
+    may come from several cameras (kapture sensors, COLMAP cameras)."""
     pycolmap = require("pycolmap")
     by_name = dict(zip(names, poses))
     db = Path(work) / "database.db"
-    _extract_and_match(pycolmap, db, Path(image_dir), max_image_size, list(names), camera, sequential_overlap)
+    single = len({(c.model, c.width, c.height, tuple(c.params)) for c in cameras}) == 1
+    _extract(pycolmap, db, Path(image_dir), max_image_size, list(names), cameras[0] if single else None,
+             "SINGLE" if single else "PER_IMAGE")
+    if not single:
+        _set_known_cameras(pycolmap, db, dict(zip(names, cameras)))
+    _match(pycolmap, db, sequential_overlap)
     rec = pycolmap.Reconstruction()
     database = pycolmap.Database.open(str(db))
     try:
@@ -183,30 +208,33 @@ def triangulate_posed(image_dir: Path, names: list[str], poses: list[Pose], came
     return rec
 
 
-def posed_images_geometry(image_dir: Path, names: list[str], poses: list[Pose], camera: Camera,
+def posed_images_geometry(image_dir: Path, names: list[str], poses: list[Pose], cameras: list[Camera],
                           source: str, max_image_size: int = 1600) -> MapGeometry:
-    """Triangulate SIFT matches between images whose poses T_cam_world are known (held fixed)."""
+    """Triangulate SIFT matches between images whose poses T_cam_world (and cameras) are known."""
     with tempfile.TemporaryDirectory() as tmp:
-        rec = triangulate_posed(image_dir, names, poses, camera, Path(tmp), source, max_image_size)
+        rec = triangulate_posed(image_dir, names, poses, cameras, Path(tmp), source, max_image_size)
         return geometry_from_reconstruction(rec, Path(image_dir), source)
 
 
 def kapture_geometry(kapture_dir: Path, max_image_size: int = 1600) -> MapGeometry:
-    """Posed images of a kapture folder, triangulated (one camera model: the first sensor's)."""
+    """Posed images of a kapture folder (rigs resolved, each sensor's intrinsics), triangulated."""
     names, poses, cams = read_kapture_posed_images(kapture_dir)
-    if len({(c.model, c.width, c.height, tuple(c.params)) for c in cams}) != 1:
-        raise InputError(f"{kapture_dir}: triangulation here supports one camera; found several")
-    return posed_images_geometry(Path(kapture_dir) / "sensors" / "records_data", names, poses, cams[0],
+    return posed_images_geometry(Path(kapture_dir) / "sensors" / "records_data", names, poses, cams,
                                  f"kapture:{kapture_dir}", max_image_size)
 
 
 def read_kapture_posed_images(kapture_dir: Path) -> tuple[list[str], list[Pose], list[Camera]]:
-    """Camera records with a trajectory pose from a kapture 1.x folder (sensors/*.txt)."""
+    """Camera records with a trajectory pose from a kapture 1.x folder (sensors/*.txt): the
+    camera's own pose, or, for a camera in a rig (rigs.txt), the rig's pose at that timestamp
+    composed with the camera's pose in the rig (kapture stores both as 'device from world' /
+    'sensor from rig': T_cam_world = T_cam_rig T_rig_world)."""
     sensors_dir = Path(kapture_dir) / "sensors"
 
-    def rows(name: str) -> list[list[str]]:
+    def rows(name: str, required: bool = True) -> list[list[str]]:
         path = sensors_dir / name
         if not path.exists():
+            if not required:
+                return []
             raise InputError(f"{path}: missing (not a kapture folder?)")
         return [[f.strip() for f in line.split(",")] for line in path.read_text().splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
@@ -221,17 +249,29 @@ def read_kapture_posed_images(kapture_dir: Path) -> tuple[list[str], list[Pose],
             if model == "SIMPLE_PINHOLE":
                 model, params = "PINHOLE", np.array([params[0], params[0], params[1], params[2]])
             cams[r[0]] = Camera(model, w, h, params)
-    poses = {}
-    for r in rows("trajectories.txt"):
-        qw, qx, qy, qz, tx, ty, tz = (float(v) for v in r[2:9])
-        poses[(r[0], r[1])] = Pose.from_quat_xyzw(np.array([qx, qy, qz, qw]), np.array([tx, ty, tz]))
+    def pose(r: list[str], what: str) -> Pose:
+        try:
+            qw, qx, qy, qz, tx, ty, tz = (float(v) for v in r[2:9])
+        except ValueError as exc:
+            raise InputError(f"{sensors_dir / what}: bad pose row {r}") from exc
+        return Pose.from_quat_xyzw(np.array([qx, qy, qz, qw]), np.array([tx, ty, tz]))
+
+    poses = {(r[0], r[1]): pose(r, "trajectories.txt") for r in rows("trajectories.txt")}
+    in_rig = {r[1]: (r[0], pose(r, "rigs.txt")) for r in rows("rigs.txt", required=False)}  # cam -> (rig, T_cam_rig)
     names, out_poses, out_cams = [], [], []
     for r in rows("records_camera.txt"):
-        key = (r[0], r[1])
-        if r[1] in cams and key in poses:
-            names.append(r[2])
-            out_poses.append(poses[key])
-            out_cams.append(cams[r[1]])
+        stamp, cam = r[0], r[1]
+        if cam not in cams:
+            continue
+        if (stamp, cam) in poses:
+            T = poses[(stamp, cam)]
+        elif cam in in_rig and (stamp, in_rig[cam][0]) in poses:
+            T = in_rig[cam][1] @ poses[(stamp, in_rig[cam][0])]
+        else:
+            continue
+        names.append(r[2])
+        out_poses.append(T)
+        out_cams.append(cams[cam])
     if len(names) < 2:
         raise InputError(f"{kapture_dir}: fewer than 2 posed camera records")
     return names, out_poses, out_cams
