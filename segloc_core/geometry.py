@@ -202,6 +202,18 @@ CAMERA_MODELS: dict[str, tuple[str, ...]] = {
 MIN_DEPTH = 1e-3  # metres; points closer to (or behind) the camera plane are not projected
 
 
+def aspect_crop(width: int, height: int, aspect_wh: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(x0, y0, w, h): the largest centred window of a width x height image with the aspect ratio
+    aspect_wh (e.g. a network's 320x240 input), so an image of another shape (a portrait photo) is
+    cropped to what the network can see undistorted instead of stretched. The whole image when its
+    aspect is already that within a pixel."""
+    target = aspect_wh[0] / aspect_wh[1]
+    w, h = min(width, round(height * target)), min(height, round(width / target))
+    if abs(w - width) <= 1 and abs(h - height) <= 1:
+        return 0, 0, width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
 @dataclass(frozen=True)
 class Camera:
     """A COLMAP camera: model name, image size in pixels and parameters in COLMAP order.
@@ -309,6 +321,18 @@ class Camera:
     def scaled_to(self, width: int, height: int) -> Camera:
         """The camera of the whole image resized to exactly width x height (e.g. a feature level)."""
         return self.scaled(width / self.width, height / self.height)
+
+    def cropped(self, x0: int, y0: int, width: int, height: int) -> Camera:
+        """The camera of the window [x0, x0 + width) x [y0, y0 + height) of its image."""
+        p = self.params.copy()
+        i = 1 if self.model in ("SIMPLE_RADIAL", "RADIAL") else 2  # index of cx
+        p[i:i + 2] -= (x0, y0)
+        return Camera(self.model, width, height, p)
+
+    def network_view(self, input_wh: tuple[int, int], level_wh: tuple[int, int] | None = None) -> Camera:
+        """The camera of what a network with input size input_wh sees of this camera's image (the
+        `aspect_crop` window resized to the input), or of one of its levels (level_wh)."""
+        return self.cropped(*aspect_crop(self.width, self.height, input_wh)).scaled_to(*(level_wh or input_wh))
 
     # distortion on normalized coordinates ---------------------------------------------------------
     def _distort(self, x: np.ndarray, y: np.ndarray, with_jacobian: bool = False):

@@ -12,7 +12,7 @@ import yaml
 from segloc_core.bench.segment import bench_segment
 from segloc_core.errors import DependencyError, InputError
 from segloc_core.eval import seg_metrics
-from segloc_core.geometry import Camera
+from segloc_core.geometry import Camera, aspect_crop
 from segloc_core.net.export import export_model, parity
 from segloc_core.net.infer import (
     OrtSegmenter,
@@ -124,6 +124,31 @@ def test_segmenter_api_batches_and_level_cameras(small_model):
     c3 = seg.level_camera(cam, 3)
     assert (c3.width, c3.height) == results[0].levels[3].probs.shape[:0:-1] == (32, 24)
     assert np.allclose(c3.params, [25.0, 25.0, 16.0, 12.0])
+
+
+def test_portrait_images_are_cropped_not_squashed(small_model):
+    """Issue 14, defect 5: a 3:4 portrait photo was stretched to the 4:3 input (2.4x distortion).
+    The network now sees the centred 4:3 window, and the level cameras say so: a world point lands
+    on the same image content in the photo and in the network's input."""
+    seg = load_segmenter(small_model)  # input 64x48
+    rgb = np.random.default_rng(0).integers(0, 256, (640, 480, 3), dtype=np.uint8)  # W=480, H=640
+    x0, y0, w, h = aspect_crop(480, 640, seg.input_size)
+    assert (x0, y0, w, h) == (0, 140, 480, 360)
+    seen = prepare_image(rgb, seg.input_size)
+    from segloc_core.net.pairs import resize_image
+
+    assert np.array_equal(seen, resize_image(np.ascontiguousarray(rgb[140:500]), (64, 48))[0])
+    cam = Camera("PINHOLE", 480, 640, np.array([500.0, 500.0, 240.0, 320.0]))
+    for level in range(4):
+        lc = seg.level_camera(cam, level)
+        (fx, fy), (lfx, lfy) = cam.focal, lc.focal
+        assert lfx / lfy == pytest.approx(fx / fy)  # square pixels stay square
+        X = np.array([[0.3, -0.2, 4.0], [-0.5, 0.4, 6.0]])
+        uv, _ = cam.project(X)
+        luv, _ = lc.project(X)
+        assert np.allclose(luv, (uv - [x0, y0]) * [lc.width / w, lc.height / h], atol=1e-9)
+    # an image with the input's aspect is used whole, as before
+    assert aspect_crop(640, 480, seg.input_size) == (0, 0, 640, 480)
 
 
 def test_tensorrt_backend():

@@ -65,6 +65,21 @@ def test_pack_unpack_roundtrip(encoding, top_n):
             assert np.all(best >= ref.probs.max(0) - 1.0 / 255)
 
 
+def test_level_cameras_of_a_portrait_image_follow_the_network_crop():
+    """The refiner node gets the same level cameras as the library for an image of another aspect
+    than the network input (the centred crop), and the plain scaling for one of the same aspect."""
+    portrait = Camera("PINHOLE", 48, 64, [60.0, 60.0, 24.0, 32.0])
+    msg, _ = pack_segmentation(Header(frame_id="cam"), CameraInfo(), _result(), "dense_u8", 0)
+    levels = unpack_levels(msg, portrait)
+    def same(a, b) -> bool:
+        return (a.model, a.width, a.height) == (b.model, b.width, b.height) and np.allclose(a.params, b.params)
+
+    for lv, (w, h) in zip(levels, ((8, 6), (16, 12), (32, 24), (64, 48))):
+        assert same(lv.camera, portrait.network_view((64, 48), (w, h)))
+        assert lv.camera.focal[0] == pytest.approx(lv.camera.focal[1])  # not squashed
+    assert same(unpack_levels(msg, CAMERA)[3].camera, CAMERA.scaled_to(64, 48))
+
+
 def test_unpack_refuses_mismatch():
     msg, _ = pack_segmentation(Header(), CameraInfo(), _result(), "dense_u8", 0)
     msg.levels[1].reduction_names = ["sum_sq"]

@@ -46,12 +46,20 @@ def collect_images(inputs: list[Path]) -> list[Path]:
 
 
 def overlay(rgb: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """The label map (h,w) in colour over the image (H,W,3), nearest-upsampled to the image."""
+    """The label map (h,w) in colour over the part of the image (H,W,3) the network saw (its
+    centred crop of the network's aspect, `geometry.aspect_crop`), nearest-upsampled; the rest of
+    the image is shown dimmed."""
+    from segloc_core.geometry import aspect_crop
+
     H, W = rgb.shape[:2]
     h, w = labels.shape
-    rows, cols = np.arange(H) * h // H, np.arange(W) * w // W
+    x0, y0, cw, ch = aspect_crop(W, H, (w, h))
+    out = (rgb.astype(np.float32) * 0.35).astype(np.uint8)
+    window = rgb[y0:y0 + ch, x0:x0 + cw]
+    rows, cols = np.arange(ch) * h // ch, np.arange(cw) * w // cw
     colour = colours[labels[rows][:, cols]].astype(np.float32)
-    return np.round((1 - alpha) * rgb.astype(np.float32) + alpha * colour).astype(np.uint8)
+    out[y0:y0 + ch, x0:x0 + cw] = np.round((1 - alpha) * window.astype(np.float32) + alpha * colour).astype(np.uint8)
+    return out
 
 
 def segment_images(images: list[Path], out: Path, model: Path | None = None, backend: str = "auto",

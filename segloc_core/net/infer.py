@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from segloc_core.errors import DependencyError, InputError, require
-from segloc_core.geometry import Camera
+from segloc_core.geometry import Camera, aspect_crop
 from segloc_core.net.model import InferenceGraph, ModelConfig, reduction_names
 from segloc_core.paths import default_model_path, home
 from segloc_core.place_labels import PlaceCells
@@ -94,7 +94,10 @@ def file_hash(*paths: Path, extra: str = "") -> str:
 
 
 def prepare_image(rgb: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
-    """Any reasonable image -> (h,w,3) uint8 RGB at the model's input size, or an InputError."""
+    """Any reasonable image -> (h,w,3) uint8 RGB at the model's input size, or an InputError. An
+    image of another aspect ratio is cropped to the centred window of the input's aspect
+    (`geometry.aspect_crop`; `Camera.network_view` is its camera), never stretched: a portrait
+    photo squashed to 4:3 is 2.4x distorted."""
     if not isinstance(rgb, np.ndarray):
         raise InputError(f"image must be a numpy array, got {type(rgb).__name__}")
     img = rgb
@@ -114,6 +117,8 @@ def prepare_image(rgb: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
             img = (img >> 8).astype(np.uint8)
         else:
             raise InputError(f"image dtype {rgb.dtype} not supported (use uint8, uint16 or float in [0, 1])")
+    x0, y0, w, h = aspect_crop(img.shape[1], img.shape[0], size_wh)
+    img = img[y0:y0 + h, x0:x0 + w]
     if (img.shape[1], img.shape[0]) != tuple(size_wh):
         from segloc_core.net.pairs import resize_image
 
@@ -143,8 +148,9 @@ class Segmenter(ABC):
         return self.input_size[0] // s, self.input_size[1] // s
 
     def level_camera(self, camera: Camera, level: int) -> Camera:
-        """Camera of level `level`'s maps for a frame taken with `camera` (any resolution)."""
-        return camera.scaled_to(*self.level_size(level))
+        """Camera of level `level`'s maps for a frame taken with `camera` (any resolution and
+        aspect: the network sees `prepare_image`'s centred crop)."""
+        return camera.network_view(self.input_size, self.level_size(level))
 
     def segment(self, rgb: np.ndarray, frame: object = None) -> SegmentationResult:
         """Segment one image. `frame` names the frame for segmenters that read ground truth

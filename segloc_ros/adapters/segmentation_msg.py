@@ -74,9 +74,10 @@ def _buffer(values, dtype, count: int, what: str) -> np.ndarray:
     return out
 
 
-def unpack_level(msg: ClassMapLevel, K: int, camera: Camera) -> LevelInput:
-    """Refiner input of one level; `camera` is the source camera, scaled here to the level; `K` the
-    segmentation's classes (the level's own when it carries none)."""
+def unpack_level(msg: ClassMapLevel, K: int, camera: Camera, input_wh: tuple[int, int] | None = None) -> LevelInput:
+    """Refiner input of one level; `camera` is the source camera, taken here to the level (through
+    the network's centred crop of an image of another aspect when input_wh, the network input
+    size, is given); `K` the segmentation's classes (the level's own when it carries none)."""
     H, W = int(msg.height), int(msg.width)
     K_fine, K = K, int(msg.num_classes) or K
     if K_fine % K:
@@ -101,11 +102,13 @@ def unpack_level(msg: ClassMapLevel, K: int, camera: Camera) -> LevelInput:
                           axis=0)
     else:
         raise InputError(f"level {msg.level}: unknown encoding {msg.encoding!r}")
-    return LevelInput(probs, reductions, camera.scaled_to(W, H))
+    level_camera = camera.network_view(input_wh, (W, H)) if input_wh else camera.scaled_to(W, H)
+    return LevelInput(probs, reductions, level_camera)
 
 
 def unpack_levels(msg: Segmentation, camera: Camera) -> list[LevelInput]:
     """All levels of a Segmentation message, coarse to fine, as refiner inputs."""
     if not msg.levels:
         raise InputError("segmentation message has no levels")
-    return [unpack_level(level, int(msg.num_classes), camera) for level in msg.levels]
+    input_wh = (int(msg.input_width), int(msg.input_height)) if msg.input_width and msg.input_height else None
+    return [unpack_level(level, int(msg.num_classes), camera, input_wh) for level in msg.levels]
