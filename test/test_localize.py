@@ -71,6 +71,43 @@ def test_accepts_refined_fix_and_tracks(world_and_map):
     assert fix.accepted and localizer.state == State.TRACKING
 
 
+@pytest.mark.parametrize("unit_per_m, offset_m", [(0.1, 1.0), (10.0, 1.4), (1.0, 1.0)])
+def test_a_map_of_unknown_scale_localizes_like_a_metric_one(world_and_map, unit_per_m, offset_m):
+    """Issue 14, defect 7: a reconstruction in another unit (structure from motion has any scale;
+    here the tiny world in decametres or decimetres, beside the metric map) kept the localizer's
+    metre-sized search grid, radius and bounds. In decametres the 0.4-unit search step is 4 m of
+    scene: from a prior 1 m off the search jumped away and the fix was rejected as diverged (this
+    case fails without the scaling). Marked 'units', the map's distances follow its scene depth
+    and every unit refines as the metric map does."""
+    import dataclasses
+
+    from segloc_core.maps.build import scene_depth
+
+    ds, _ = world_and_map
+    geo = world_geometry(ds.root, BuildConfig(), progress=False)
+    ids = [_labels(ds, r) for r in ds.frames(ds.mapping_condition)]
+
+    def lookup(img, uv):
+        return sample_nearest(np.eye(K, dtype=np.float32)[ids[img]].transpose(2, 0, 1), uv)
+
+    labels, agreement = vote_labels(geo.observations, lookup, len(geo.xyz_m), progress=False)
+    raw = np.random.default_rng(0).standard_normal((len(geo.names), 8)).astype(np.float32)
+    s = unit_per_m
+    dm = dataclasses.replace(geo, xyz_m=geo.xyz_m * s, units="units",
+                             T_cam_world=tuple(Pose(T.R, T.t * s) for T in geo.T_cam_world))
+    scaled = finish_map(dm, labels, agreement, raw, K, "ground-truth", BuildConfig(min_agreement=0.6))
+    assert scaled.meta.units == "units" and scaled.meta.scene_depth == pytest.approx(s * scene_depth(geo), rel=1e-6)
+    rec, levels = _query(ds, "winter", 5)
+    truth = Pose(rec.T_cam_world.R, rec.T_cam_world.t * s)
+    step = np.array([0.8, -0.4, 0.45]) * offset_m / np.linalg.norm([0.8, -0.4, 0.45])
+    prior = Pose.exp(np.array([*(step * s), 0.01, 0.03, -0.02])) @ truth
+    # the prior alone (no retrieved images as extra starts): an operator's /initialpose
+    fix = Localizer(scaled, LocalizerConfig(max_points=3000)).localize(levels, prior, PriorSource.INITIALPOSE)
+    assert fix.accepted, fix.reason
+    dt, dr = pose_error(fix.T_cam_world, truth)
+    assert dt < 0.1 * s and dr < 0.5, (dt / s, dr)  # as the metric map: within 0.1 m of scene
+
+
 def test_rejects_inconsistent_fix_and_loses_track(world_and_map):
     ds, labeled_map = world_and_map
     localizer = Localizer(labeled_map, LocalizerConfig(max_points=3000, max_tracking_misses=3))

@@ -214,6 +214,8 @@ def test_reports_json_markdown_and_plots(tmp_path):
     assert lines[2].startswith("| PA (retrieval prior) | 0.0% | 0.0% | 100.0% | 1.500 |")
     assert "| PR (refined) | 83.3% |" in table and "54.5 / " in table
     assert any(line.startswith("| PR (refined) · night |") for line in lines)
+    # a map of unknown scale: the report says units, not metres
+    assert markdown_table(results, "units").splitlines()[0].startswith("| method | recall 0.25 units, 2°")
 
     errors = frame_errors(refined, gt)
     png = plot_trajectory(tmp_path / "traj.png", gt, refined, errors, "PR")

@@ -35,7 +35,7 @@ class Report:
 def write_report(out_dir: Path, ground_truth: tm.Trajectory, estimates: Mapping[str, tm.Trajectory],
                  conditions: Sequence[str] | None = None,
                  latency_ns: Mapping[str, np.ndarray] | None = None,
-                 extra: Mapping[str, object] | None = None) -> Report:
+                 extra: Mapping[str, object] | None = None, unit: str = "m") -> Report:
     """Score each estimate against `ground_truth` (body poses T_world_body, same stamps) and
     write metrics.json, metrics.md, TUM files, trajectory_<method>.png and error_curve.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,7 @@ def write_report(out_dir: Path, ground_truth: tm.Trajectory, estimates: Mapping[
     tm.write_tum(out_dir / "ground_truth.tum", ground_truth)
     tm.plot_error_curve(out_dir / "error_curve.png", errors)
     tm.write_json(out_dir / "metrics.json", metrics, extra)
-    table = tm.markdown_table(metrics)
+    table = tm.markdown_table(metrics, unit)
     (out_dir / "metrics.md").write_text(table + "\n")
     return Report(metrics, table, out_dir)
 
@@ -112,7 +112,8 @@ def evaluate_queries(query_dirs: Sequence[Path], map_path: Path, model_path: Pat
     report = size_report(map_path)
     estimates = {PA: trajectory(pa), PR: trajectory(pr)}
     extra = {"map": str(map_path), "bytes_per_point": report.bytes_per_point, "queries": len(stamps),
-             "skipped": skipped, "poses": "camera (T_world_cam)"}
+             "skipped": skipped, "poses": "camera (T_world_cam)", "units": labeled_map.meta.units,
+             "scene_depth": labeled_map.meta.scene_depth}
     if sift is not None:
         from segloc_core.eval.sift_baseline import PRIVACY
 
@@ -121,7 +122,7 @@ def evaluate_queries(query_dirs: Sequence[Path], map_path: Path, model_path: Pat
                               "sift_points": sift.map.points, "sift_observations": len(sift.map.point_ids)}
         extra["sift_privacy"] = PRIVACY
     return write_report(out_dir, tm.Trajectory.from_poses(stamps, gt, inverse=True), estimates,
-                        conditions=labels, extra=extra)
+                        conditions=labels, extra=extra, unit=labeled_map.meta.units)
 
 
 def run_queries(args: argparse.Namespace) -> int:

@@ -375,13 +375,14 @@ def _fmt(value: float | None, digits: int, scale: float = 1.0, suffix: str = "")
     return f"{value * scale:.{digits}f}{suffix}"
 
 
-def markdown_table(results: Mapping[str, LocalizationMetrics]) -> str:
-    """One row per method (e.g. "PA (retrieval prior)", "PR (refined)"), then per condition."""
+def markdown_table(results: Mapping[str, LocalizationMetrics], unit: str = "m") -> str:
+    """One row per method (e.g. "PA (retrieval prior)", "PR (refined)"), then per condition;
+    distances in `unit` ("units" for a map of unknown scale)."""
     if not results:
         return ""
     thresholds = next(iter(results.values())).thresholds
-    head = (["method"] + [f"recall {m:g} m, {d:g}°" for m, d in thresholds]
-            + ["median t (m)", "median R (°)", "localized", "frames", "latency p50 / p95 (ms)"])
+    head = (["method"] + [f"recall {m:g} {unit}, {d:g}°" for m, d in thresholds]
+            + [f"median t ({unit})", "median R (°)", "localized", "frames", "latency p50 / p95 (ms)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
 
     def row(name: str, m: LocalizationMetrics) -> str:

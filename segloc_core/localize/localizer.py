@@ -97,6 +97,32 @@ class LocalizerConfig:
     tracking_skip_levels: int = 1
     refine: RefineConfig = field(default_factory=RefineConfig)
 
+    def scaled(self, factor: float) -> LocalizerConfig:
+        """Every distance (the `_m` settings here and in `refine`) times `factor`: the settings for
+        a map whose unit is 1/factor of the scenes they were tuned on (`scale_for`)."""
+        return dataclasses.replace(
+            self, max_position_std_m=self.max_position_std_m * factor,
+            hypothesis_min_dist_m=self.hypothesis_min_dist_m * factor,
+            hypothesis_group_m=self.hypothesis_group_m * factor,
+            tracking_prior_std_m=self.tracking_prior_std_m * factor,
+            refine=dataclasses.replace(self.refine, search_radius_m=self.refine.search_radius_m * factor,
+                                       search_step_m=self.refine.search_step_m * factor,
+                                       max_translation_m=self.refine.max_translation_m * factor))
+
+
+# median scene depth of the default world's map (23.2 m, `segloc map info`), on which the distances above were tuned
+REFERENCE_SCENE_DEPTH_M = 23.0
+
+
+def scale_for(labeled_map: LabeledMap) -> float:
+    """1 for a metric map; else its scene depth over REFERENCE_SCENE_DEPTH_M, so a reconstruction
+    of unknown scale (structure from motion) gets search radii, divergence bounds and gates of the
+    same size relative to its scene (issue: they were fixed in metres whatever the unit)."""
+    meta = labeled_map.meta
+    if meta.units == "m" or meta.scene_depth <= 0:
+        return 1.0
+    return meta.scene_depth / REFERENCE_SCENE_DEPTH_M
+
 
 @dataclass(frozen=True)
 class Fix:
@@ -146,8 +172,9 @@ class Localizer:
     """Tracking state machine around `refine` for one map (see module docstring)."""
 
     def __init__(self, labeled_map: LabeledMap, config: LocalizerConfig = LocalizerConfig()):
+        """`config` in metres; on a map of unknown scale its distances are scaled (`scale_for`)."""
         self.map = labeled_map
-        self.config = config
+        self.config = config.scaled(scale_for(labeled_map))
         self.state = State.UNINITIALIZED
         self.last: Fix | None = None
         self.misses = 0  # rejected tracking fixes since the last accepted one
@@ -268,7 +295,8 @@ class Localizer:
                     f"{chance:.2f} (kappa {kappa:.2f} < min_kappa {self.config.min_kappa:.2f})")
         std = _largest_std(result.covariance[:3, :3])
         if not std <= self.config.max_position_std_m:
-            return f"position std {std:.2f} m > max_position_std_m {self.config.max_position_std_m}"
+            return (f"position std {std:.2f} {self.map.meta.units} > max_position_std_m "
+                    f"{self.config.max_position_std_m:.3g}")
         return ""
 
     def _finish(self, result: RefineResult | None, prior: Pose, source: PriorSource,

@@ -63,6 +63,7 @@ class MapGeometry:
     cameras: tuple[Camera, ...]
     load_rgb: Callable[[int], np.ndarray]  # database image index -> (H, W, 3) uint8
     source: str
+    units: str = "m"  # "units": a reconstruction of unknown scale (structure from motion)
 
 
 class SegmenterLike(Protocol):
@@ -175,6 +176,17 @@ def label_and_describe(geometry: MapGeometry, segmenter: SegmenterLike,
     return finish_map(geometry, labels, agreement, raw, segmenter.K, segmenter.model_hash, config)
 
 
+def scene_depth(geometry: MapGeometry, max_observations: int = 200_000) -> float:
+    """Median depth of the observed points in the images that see them (map units)."""
+    obs = geometry.observations
+    pick = np.random.default_rng(0).permutation(len(obs.point_index))[:max_observations]
+    R = np.stack([T.R for T in geometry.T_cam_world])
+    t = np.stack([T.t for T in geometry.T_cam_world])
+    img, pts = obs.image_index[pick], geometry.xyz_m[obs.point_index[pick]]
+    z = np.einsum("nj,nj->n", R[img, 2], pts) + t[img, 2]
+    return float(np.median(z)) if len(z) else 0.0
+
+
 def finish_map(geometry: MapGeometry, labels: np.ndarray, agreement: np.ndarray,
                raw_descriptors: np.ndarray, K: int, model_hash: str,
                config: BuildConfig = BuildConfig()) -> LabeledMap:
@@ -191,7 +203,8 @@ def finish_map(geometry: MapGeometry, labels: np.ndarray, agreement: np.ndarray,
         geometry.names, np.stack([p.quat_xyzw() for p in geometry.T_cam_world]),
         np.stack([p.t for p in geometry.T_cam_world]), camera_index,
         whitening.apply(raw_descriptors).astype(np.float16))
-    meta = MapMetadata(K=K, model_hash=model_hash, source=geometry.source, min_agreement=config.min_agreement)
+    meta = MapMetadata(K=K, model_hash=model_hash, source=geometry.source, min_agreement=config.min_agreement,
+                       units=geometry.units, scene_depth=scene_depth(geometry))
     return assemble_map(meta, geometry.xyz_m[keep], labels[keep], agreement[keep],
                         new_id[obs.point_index[kept_obs]], obs.image_index[kept_obs],
                         images, cameras, whitening)

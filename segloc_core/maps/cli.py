@@ -35,27 +35,37 @@ class MapSource:
     kind: str
     path: Path
     image_dir: Path | None = None
+    # "m" or "units" (unknown scale); None: the source's usual: metres for a rendered world and
+    # kapture (its trajectories come from SLAM / RTK), unknown for COLMAP models and image folders
+    units: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCES:
             raise InputError(f"map source must be one of {SOURCES}, got {self.kind!r}")
+        if self.units not in (None, "m", "units"):
+            raise InputError(f"map units must be 'm' or 'units', got {self.units!r}")
         if not Path(self.path).exists():
             raise InputError(f"{self.path}: map source ({self.kind}) does not exist")
 
 
 def source_geometry(source: MapSource, config: BuildConfig = BuildConfig(), progress: bool = True) -> MapGeometry:
+    import dataclasses
+
     from segloc_core.maps import colmap as map_colmap
 
     if source.kind == "world":
         from segloc_core.maps.build import world_geometry
 
-        return world_geometry(Path(source.path), config, progress=progress)
-    if source.kind == "colmap":
+        geometry = world_geometry(Path(source.path), config, progress=progress)
+    elif source.kind == "colmap":
         image_dir = source.image_dir or Path(source.path).parent / "images"
-        return map_colmap.colmap_geometry(Path(source.path), Path(image_dir))
-    if source.kind == "kapture":
-        return map_colmap.kapture_geometry(Path(source.path))
-    return map_colmap.sfm_geometry(Path(source.path))
+        geometry = map_colmap.colmap_geometry(Path(source.path), Path(image_dir))
+    elif source.kind == "kapture":
+        geometry = map_colmap.kapture_geometry(Path(source.path))
+    else:
+        geometry = map_colmap.sfm_geometry(Path(source.path))
+    units = source.units or ("m" if source.kind in ("world", "kapture") else "units")
+    return dataclasses.replace(geometry, units=units)
 
 
 def build_map(source: MapSource, out: Path, model_path: Path | None = None,
@@ -149,6 +159,8 @@ def _cli_info(args: argparse.Namespace) -> int:
     print(f"source            {m.meta.source}")
     print(f"model             {m.meta.model_hash}  (frame {m.meta.frame_id}, units {m.meta.units}, "
           f"created {m.meta.created_utc})")
+    scale = "metric" if m.meta.units == "m" else "unknown scale: the localizer's distances follow the scene depth"
+    print(f"scene depth       {m.meta.scene_depth:.3g} {m.meta.units} (median, points in their images; {scale})")
     print("\n".join(report.lines()))
     print("\n".join(label_report(m)))
     if args.plot:
@@ -166,7 +178,7 @@ def _cli_build(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else map_path("default" if kind == "world" and not args.path else path.name)
     config = BuildConfig(min_agreement=args.min_agreement, whitening_dim=args.whitening_dim,
                          voxel_m=args.voxel, pixel_stride=args.pixel_stride, frame_stride=args.frame_stride)
-    m = build_map(MapSource(kind, path, Path(args.images) if args.images else None), out,
+    m = build_map(MapSource(kind, path, Path(args.images) if args.images else None, args.units), out,
                   Path(args.model) if args.model else None, config, segmenter=args.segmenter)
     report = size_report(out)
     print(f"wrote {out}: {len(m)} points, {len(m.images)} images, {report.bytes_per_point:.2f} bytes/point")
@@ -178,6 +190,9 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="segmentation model (default: the shipped one)")
     p.add_argument("--segmenter", default="model", help=segmenters.HELP)
     p.add_argument("--images", help="image folder of a COLMAP model (default: <model>/../images)")
+    p.add_argument("--units", choices=("m", "units"), default=None,
+                   help="whether positions are metric (default: m for world and kapture, units for COLMAP "
+                        "and image folders); without metres the localizer's distances follow the scene depth")
     p.add_argument("--min-agreement", type=float, default=BuildConfig.min_agreement,
                    help="drop points whose label got a smaller share of their observations' votes")
     p.add_argument("--whitening-dim", type=int, default=BuildConfig.whitening_dim)

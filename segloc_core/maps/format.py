@@ -74,10 +74,13 @@ class MapMetadata:
     model_hash: str  # SegmentationResult.model_hash of the model that labelled the points
     source: str  # where the geometry came from, e.g. "world:/path" or "colmap:/path"
     frame_id: str = "map"  # ROS frame of positions and poses
-    units: str = "m"
+    units: str = "m"  # "m" when positions are metric; "units" for a reconstruction of unknown scale
     created_utc: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     min_agreement: float = 0.0  # points whose label agreement was below this were dropped
+    # median depth of the points in the database images that see them (map units; 0: unknown, a
+    # map from before it was recorded). Without metric scale the localizer's distances follow it.
+    scene_depth: float = 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -493,7 +496,8 @@ def _from_arrays(meta: dict, a: dict[str, np.ndarray], path: Path) -> LabeledMap
     try:
         md = MapMetadata(K=int(meta["K"]), model_hash=str(meta["model_hash"]), source=str(meta["source"]),
                          frame_id=str(meta["frame_id"]), units=str(meta["units"]),
-                         created_utc=str(meta["created_utc"]), min_agreement=float(meta["min_agreement"]))
+                         created_utc=str(meta["created_utc"]), min_agreement=float(meta["min_agreement"]),
+                         scene_depth=float(meta.get("scene_depth", 0.0)))
         names, models = tuple(meta["image_names"]), tuple(meta["camera_models"])
         step = float(meta["position_step_m"])
     except (KeyError, TypeError, ValueError) as exc:
