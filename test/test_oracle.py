@@ -134,8 +134,11 @@ def test_bench_accuracy_reports_every_key(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setenv("SEGLOC_HOME", str(tmp_path))
     path, _, _ = tiny
-    res = run({"oracle": "oracle:1,100"}, path, ("night",), stride=2, out=tmp_path, progress=False)
+    res = run({"oracle": "oracle:1,100", "sift": "sift"}, path, ("night",), stride=2, out=tmp_path, progress=False)
     r = res["oracle"]
+    sift = res["sift"]  # the classical baseline beside it, on the oracle's retrieval here
+    assert sift["queries"] == r["queries"] and len(sift["recall"]) == 3 and "oracle" in sift["method"]
+    assert sift["map_bytes"] > 128 * sift["map_points"] > 0 and "invert" in sift["privacy"]
     for key in ("recall", "recall_from_gt_1m5deg", "recall_from_gt_3m10deg", "drift_from_gt_m",
                 "retrieval_recall_at_1", "label_share_5_10m", "label_share_chance",
                 "positional_agreement", "positional_chance"):

@@ -10,6 +10,9 @@ by 1 m / 5 deg and 3 m / 10 deg (camera centre moved exactly d metres in a rando
 direction, rotated exactly a degrees about a random axis; an operator prior, as /initialpose):
 the refiner's accuracy and basin with these labels.
 
+The classical baseline (`sift`: SIFT + PnP with pycolmap, `segloc_core.eval.sift_baseline`) runs on
+the same queries, matched to the database images the model's retrieval returned for each.
+
 Recall counts over all queries (a rejected fix is a miss); thresholds use <=. Label-quality
 figures (`segloc_core.label_metrics`) are computed on the same map and query segmentations. The
 last stdout line is one JSON object keyed by configuration; a PNG of the error curves is written.
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from segloc_core import label_metrics as lm
+from segloc_core.errors import InputError
 from segloc_core.geometry import Pose, pose_error
 from segloc_core.localize.localizer import Localizer, LocalizerConfig, PriorSource, State
 from segloc_core.localize.refine import LevelInput
@@ -82,6 +86,7 @@ class _Rows:
     argmax: list
     centres: list
     conditions: list
+    retrieved: list  # per query: the top-k database poses retrieval returned
 
 
 def run_configuration(segmenter, world: Path, conditions: Sequence[str], stride: int = 1,
@@ -96,7 +101,7 @@ def run_configuration(segmenter, world: Path, conditions: Sequence[str], stride:
     localizer = Localizer(labeled_map, LocalizerConfig(tracking=False))
     db_frames = ds.frames(ds.mapping_condition)
     rng = np.random.default_rng(seed)
-    rows = _Rows([], [], [], [], {k: ([], []) for k in PERTURBATIONS}, [], [], [], [], [], [])
+    rows = _Rows([], [], [], [], {k: ([], []) for k in PERTURBATIONS}, [], [], [], [], [], [], [])
     queries = [rec for cond in conditions for rec in ds.frames(cond)[::stride]]
     t0 = time.perf_counter()
     for qi, rec in enumerate(progress_bar(queries, desc=f"accuracy ({segmenter.backend})", unit="img",
@@ -126,6 +131,7 @@ def run_configuration(segmenter, world: Path, conditions: Sequence[str], stride:
         rows.argmax.append(finest)
         rows.centres.append(gt.center())
         rows.conditions.append(rec.condition)
+        rows.retrieved.append(tuple(labeled_map.images.T_cam_world(int(i)) for i in prior.retrieved.image_ids))
         if qi % cross_stride == 0:  # the mapping frame of the same place, other condition
             db = db_frames[nearest_frame(db_frames, rec.T_world_cam)]
             db_argmax = segmenter.segment(ds.rgb(db), db).levels[-1].probs.argmax(0)
@@ -174,7 +180,42 @@ def _summary(rows: _Rows, labeled_map, segmenter, elapsed: float) -> dict:
     for key, (errs, accepted) in rows.from_gt.items():
         out[f"recall_from_gt_{key}"] = recall(np.array(errs).reshape(-1, 2), np.array(accepted, bool))
     out["_pr_t"] = np.where(acc, pr[:, 0], np.inf)
+    out["_retrieved"] = rows.retrieved
     return out
+
+
+def run_sift(world: Path, conditions: Sequence[str], stride: int, retrieved: list, progress: bool = True) -> dict:
+    """The classical baseline (`segloc_core.eval.sift_baseline`) on the same queries, matched to the
+    database images another configuration's retrieval returned for each (`retrieved`)."""
+    import cv2
+
+    from segloc_core.eval.sift_baseline import PRIVACY, SiftLocalizer, cached_sift_map
+    from segloc_core.paths import home
+    from segloc_core.world import load_world
+
+    ds = load_world(world)
+    sift = SiftLocalizer(cached_sift_map(Path(world) / ds.mapping_condition, home() / "sift"))
+    queries = [rec for cond in conditions for rec in ds.frames(cond)[::stride]]
+    errors, accepted, t0 = [], [], time.perf_counter()
+    for rec, poses in zip(progress_bar(queries, desc="accuracy (SIFT-PnP)", unit="img", enabled=progress,
+                                       file=sys.stderr), retrieved):
+        fix = sift.localize(cv2.cvtColor(ds.rgb(rec), cv2.COLOR_RGB2GRAY), rec.camera, list(poses))
+        accepted.append(fix.T_cam_world is not None)
+        errors.append(pose_error(fix.T_cam_world, rec.T_cam_world) if fix.T_cam_world is not None else (np.inf, np.inf))
+    err, acc = np.array(errors).reshape(-1, 2), np.array(accepted, bool)
+    cond = np.array([rec.condition for rec in queries])
+    return {
+        "queries": len(err),
+        "recall": recall(err, acc),
+        "per_condition": {c: recall(err[cond == c], acc[cond == c]) for c in sorted(set(cond))},
+        "accepted": round(float(acc.mean()), 4) if len(acc) else float("nan"),
+        "accepted_correct_5m10deg": round(float(np.mean((err[acc, 0] <= 5) & (err[acc, 1] <= 10))), 4)
+        if acc.any() else float("nan"),
+        "median_t_m": round(float(np.median(err[acc, 0])), 3) if acc.any() else float("nan"),
+        "map_bytes": sift.map.nbytes, "map_points": sift.map.points, "privacy": PRIVACY,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "_pr_t": np.where(acc, err[:, 0], np.inf),
+    }
 
 
 def _weighted(rows: list, column: int) -> float:
@@ -220,21 +261,36 @@ def run(configs: dict[str, str], world: Path | None = None, conditions: Sequence
     world = world or render_world(WorldConfig(), world_dir("default"), progress=progress)
     results = {}
     for name, spec in configs.items():
+        if name == "sift":
+            continue
         segmenter = open_segmenter(spec, model, world=world, threads=2)
         results[name] = run_configuration(segmenter, world, conditions, stride, progress=progress)
+    if "sift" in configs:
+        if not results:
+            raise InputError("the sift configuration matches against another configuration's retrieval "
+                             "(the model's, else the oracle's): add one to --configs")
+        source = "model" if "model" in results else next(iter(results))
+        results["sift"] = run_sift(world, conditions, stride, results[source]["_retrieved"], progress)
+        results["sift"]["method"] = f"SIFT + PnP (pycolmap), the {source}'s retrieval"
     png = plot(results, (out or home() / "bench") / "accuracy.png")
     for res in results.values():
         res.pop("_pr_t")
+        res.pop("_retrieved", None)
     results["plot"] = str(png)
     return results
 
 
 def _cli(args: argparse.Namespace) -> int:
-    configs = {name: spec for name, spec in (("oracle", args.oracle), ("model", "model"))
+    configs = {name: spec for name, spec in (("oracle", args.oracle), ("model", "model"), ("sift", "sift"))
                if name in args.configs.split(",")}
     res = run(configs, args.world, tuple(args.conditions), args.stride, args.model, args.out)
     for name, r in res.items():
         if name == "plot":
+            continue
+        if name == "sift":
+            print(f"sift    recall {r['recall']}  per condition {r['per_condition']}  accepted {r['accepted']}  "
+                  f"map {r['map_bytes'] / 1e6:.2f} MB ({r['map_points']} points)  [{r['queries']} queries, "
+                  f"{r['seconds']} s]")
             continue
         print(f"{name:7s} PR {r['recall']}  PA {r['recall_prior']}  from GT+1m/5deg {r['recall_from_gt_1m5deg']}"
               f"  GT+3m/10deg {r['recall_from_gt_3m10deg']}  drift {r['drift_from_gt_m']} m  "
@@ -247,7 +303,8 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def configure_bench(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--configs", default="oracle,model", help="comma-separated: oracle, model")
+    parser.add_argument("--configs", default="oracle,model,sift",
+                        help="comma-separated: oracle, model, sift (the classical baseline on the model's retrieval)")
     parser.add_argument("--oracle", default="oracle:1,100", help="oracle spec (see segloc_core.net.oracle)")
     parser.add_argument("--model", type=Path, default=None, help="model (default: shipped)")
     parser.add_argument("--world", type=Path, default=None, help="rendered world (default: the default world)")
