@@ -207,7 +207,7 @@ def run_sift(world: Path, conditions: Sequence[str], stride: int, retrieved: lis
     return {
         "queries": len(err),
         "recall": recall(err, acc),
-        "per_condition": {c: recall(err[cond == c], acc[cond == c]) for c in sorted(set(cond))},
+        "per_condition": {str(c): recall(err[cond == c], acc[cond == c]) for c in sorted(set(cond))},
         "accepted": round(float(acc.mean()), 4) if len(acc) else float("nan"),
         "accepted_correct_5m10deg": round(float(np.mean((err[acc, 0] <= 5) & (err[acc, 1] <= 10))), 4)
         if acc.any() else float("nan"),
