@@ -282,3 +282,35 @@ def test_sfm_from_images_alone(tmp_path):
         p_cam = geo.T_cam_world[i].transform(geo.xyz_m[obs.point_index[sel]])
         uv, valid = geo.cameras[i].project(p_cam)
         assert valid.all() and np.median(np.linalg.norm(uv - obs.uv[sel], axis=1)) < 2.0
+
+
+def test_map_from_a_mapping_bag(graph_assets, tmp_path, monkeypatch):
+    """Issue 14: `segloc map build --source bag`: the images of a recorded run, posed by its pose
+    topic (PoseStamped of base_link in map) and the camera mounting on /tf_static, triangulated; a bag
+    without a pose topic goes through structure from motion and gives a map without metric scale."""
+    from rosbags.rosbag2 import Reader, Writer
+
+    from segloc_core.maps.format import load_map
+    from segloc_ros.cli import main
+
+    monkeypatch.setenv("SEGLOC_HOME", str(tmp_path / "home"))
+    bag, ds = graph_assets["bag"], graph_assets["ds"]
+    out = tmp_path / "bag.segmap"
+    assert main(["map", "build", "--source", "bag", str(bag), "-o", str(out)]) == 0
+    m = load_map(out)
+    assert m.meta.units == "m" and len(m.images) == 50 and len(m) > 100 and m.meta.scene_depth > 1
+    truth = {rec.stamp_ns: rec.T_cam_world for rec in ds.frames("overcast")}
+    for i, name in enumerate(m.images.names):
+        assert np.allclose(m.images.T_cam_world(i).matrix(), truth[int(name.split(".")[0])].matrix(), atol=1e-4)
+
+    unposed = tmp_path / "unposed"
+    with Reader(bag) as src, Writer(unposed, version=9) as dst:
+        conns = {c.id: dst.add_connection(c.topic, c.msgtype, typestore=None, msgdef=c.msgdef.data,
+                                          rihs01=c.digest, offered_qos_profiles=c.ext.offered_qos_profiles)
+                 for c in src.connections if c.topic != "/ground_truth/pose"}
+        for c, stamp, raw in src.messages([c for c in src.connections if c.id in conns]):
+            dst.write(conns[c.id], stamp, raw)
+    out2 = tmp_path / "unposed.segmap"
+    assert main(["map", "build", "--source", "bag", str(unposed), "-o", str(out2)]) == 0
+    assert load_map(out2).meta.units == "units"
+    assert main(["map", "build", "--source", "bag", str(bag), "--pose-topic", "/tf", "-o", str(tmp_path / "x")]) == 4

@@ -20,7 +20,7 @@ from segloc_core.net import segmenters
 __all__ = ["LabeledMap", "load_map", "save_map", "size_report", "MapSizeReport", "BuildConfig",
            "MapSource", "build_map", "configure_cli"]
 
-SOURCES = ("world", "colmap", "kapture", "images")
+SOURCES = ("world", "colmap", "kapture", "images", "bag")
 
 
 @dataclass(frozen=True)
@@ -29,15 +29,19 @@ class MapSource:
 
     world: `path` is a rendered world folder; colmap: `path` is a COLMAP model folder (text or
     binary) and `image_dir` its images; kapture: `path` is a kapture folder (posed images under
-    sensors/records_data); images: `path` is a folder of images (SfM).
+    sensors/records_data); images: `path` is a folder of images (SfM); bag: `path` is a rosbag2 of a
+    mapping run (`segloc_core.maps.bag_source`: images posed by a pose topic, or SfM without one).
     """
 
     kind: str
     path: Path
     image_dir: Path | None = None
-    # "m" or "units" (unknown scale); None: the source's usual: metres for a rendered world and
-    # kapture (its trajectories come from SLAM / RTK), unknown for COLMAP models and image folders
+    # "m" or "units" (unknown scale); None: the source's usual: metres for a rendered world, kapture
+    # and a posed bag (their trajectories come from SLAM / RTK), unknown for COLMAP models, image
+    # folders and unposed bags
     units: str | None = None
+    image_topic: str | None = None  # bag: the camera topic (default: the bag's only Image topic)
+    pose_topic: str | None = None  # bag: PoseStamped/Odometry of the robot in the map (default /ground_truth/pose)
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCES:
@@ -62,10 +66,33 @@ def source_geometry(source: MapSource, config: BuildConfig = BuildConfig(), prog
         geometry = map_colmap.colmap_geometry(Path(source.path), Path(image_dir))
     elif source.kind == "kapture":
         geometry = map_colmap.kapture_geometry(Path(source.path))
+    elif source.kind == "bag":
+        return _bag_geometry(source, config)
     else:
         geometry = map_colmap.sfm_geometry(Path(source.path))
     units = source.units or ("m" if source.kind in ("world", "kapture") else "units")
     return dataclasses.replace(geometry, units=units)
+
+
+def _bag_geometry(source: MapSource, config: BuildConfig) -> MapGeometry:
+    """Images of a mapping bag (kept under $SEGLOC_HOME/bag_images/<bag>/, read again for labels),
+    triangulated with their poses, or through SfM without a pose topic."""
+    import dataclasses
+
+    from segloc_core.maps import colmap as map_colmap
+    from segloc_core.maps.bag_source import extract_bag
+    from segloc_core.paths import home
+
+    bag = Path(source.path)
+    images = extract_bag(bag, home() / "bag_images" / bag.resolve().name, source.image_topic, source.pose_topic,
+                         stride=config.frame_stride)
+    if images.poses is None:
+        geometry, units = map_colmap.sfm_geometry(images.image_dir), "units"
+    else:
+        geometry = map_colmap.posed_images_geometry(images.image_dir, images.names, images.poses, images.cameras,
+                                                    f"bag:{bag}")
+        units = "m"
+    return dataclasses.replace(geometry, units=source.units or units)
 
 
 def build_map(source: MapSource, out: Path, model_path: Path | None = None,
@@ -178,7 +205,8 @@ def _cli_build(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else map_path("default" if kind == "world" and not args.path else path.name)
     config = BuildConfig(min_agreement=args.min_agreement, whitening_dim=args.whitening_dim,
                          voxel_m=args.voxel, pixel_stride=args.pixel_stride, frame_stride=args.frame_stride)
-    m = build_map(MapSource(kind, path, Path(args.images) if args.images else None, args.units), out,
+    m = build_map(MapSource(kind, path, Path(args.images) if args.images else None, args.units,
+                            args.image_topic, args.pose_topic), out,
                   Path(args.model) if args.model else None, config, segmenter=args.segmenter)
     report = size_report(out)
     print(f"wrote {out}: {len(m)} points, {len(m.images)} images, {report.bytes_per_point:.2f} bytes/point")
@@ -190,6 +218,10 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="segmentation model (default: the shipped one)")
     p.add_argument("--segmenter", default="model", help=segmenters.HELP)
     p.add_argument("--images", help="image folder of a COLMAP model (default: <model>/../images)")
+    p.add_argument("--image-topic", default=None, help="bag: camera topic (default: the bag's only Image topic)")
+    p.add_argument("--pose-topic", default=None,
+                   help="bag: PoseStamped or Odometry of the robot in the map frame (default: /ground_truth/pose "
+                        "if present; without one: structure from motion)")
     p.add_argument("--units", choices=("m", "units"), default=None,
                    help="whether positions are metric (default: m for world and kapture, units for COLMAP "
                         "and image folders); without metres the localizer's distances follow the scene depth")
@@ -198,7 +230,7 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--whitening-dim", type=int, default=BuildConfig.whitening_dim)
     p.add_argument("--voxel", type=float, default=BuildConfig.voxel_m, help="world: dedup voxel, metres")
     p.add_argument("--pixel-stride", type=int, default=BuildConfig.pixel_stride, help="world: depth subsampling")
-    p.add_argument("--frame-stride", type=int, default=BuildConfig.frame_stride, help="world: every n-th frame")
+    p.add_argument("--frame-stride", type=int, default=BuildConfig.frame_stride, help="world, bag: every n-th frame")
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
