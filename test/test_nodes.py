@@ -131,6 +131,53 @@ def test_a_second_replay_localizes_like_the_first(graph_assets):
     assert "time jumped back" in log
 
 
+def test_one_image_stamped_years_ahead_does_not_lock_the_graph_out(graph_assets):
+    """Issue 15 #1 on real processes: one image (with its CameraInfo) stamped ten years in the future
+    used to make every later good frame 'out of order' (0 poses from the next 87). It is skipped with
+    a warning, and the bag played after it localizes."""
+    import rclpy
+    from rclpy.node import Node
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from segloc_ros.adapters.image_conversion import camera_to_camera_info, numpy_to_image
+    from segloc_ros.adapters.tf import ns_to_stamp
+    from segloc_ros.tools.bag import play_bag
+
+    ds = graph_assets["ds"]
+    rec = ds.frames("overcast")[10]
+    graph = Graph(graph_assets["root"], graph_assets["map"], "nodes_d",
+                  "/**/refiner_node:\n  ros__parameters:\n    min_consistency: 0.0\n"
+                  "    min_kappa: -1.0\n    max_position_std_m: 1000.0\n")
+    recorder = _Recorder("nodes_d", "/camera/image_raw")
+    context = rclpy.Context()
+    context.init()
+    node = Node("future_stamp_source", context=context)
+    images = node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+    infos = node.create_publisher(CameraInfo, "/camera/camera_info", qos_profile_sensor_data)
+    try:
+        _wait(recorder.graph_ready, 180, "the graph")
+        time.sleep(1.0)
+        stamp = ns_to_stamp(time.time_ns() + 10 * 365 * 86400 * 10**9)
+        image, info = numpy_to_image(ds.rgb(rec), "rgb8"), camera_to_camera_info(rec.camera)
+        for msg in (image, info):
+            msg.header.stamp, msg.header.frame_id = stamp, "camera_optical_frame"
+        infos.publish(info)
+        images.publish(image)
+        _wait(lambda: "ahead of" in graph.text(), 60, "the segmentation node's future-stamp warning")
+        play_bag(graph_assets["bag"], rate=0.5, delay_s=0.5, wait_for=["/camera/image_raw"], wait_count=2)
+        time.sleep(3.0)
+        poses = len(recorder.rec.pose)
+    finally:
+        node.destroy_node()
+        context.try_shutdown()
+        recorder.close()
+        code = graph.stop()
+    log = graph.log_path.read_text()
+    assert code == 0, log[-3000:]
+    assert poses >= 10, (poses, log[-3000:])
+
+
 def test_bad_input_leaves_every_node_running(graph_assets):
     import rclpy
     from rclpy.node import Node
