@@ -1,4 +1,5 @@
-"""Test and benchmark inputs for the refiner: oracle probability maps and labeled map points.
+"""Test inputs for the refiner: oracle probability maps and labeled map points (`segloc bench
+refine` measures on the product's own oracle segmenter and map instead).
 
 `oracle_levels` turns a ground-truth label image into the per-level maps a perfect-ish network would
 give (one-hot, area-pooled to each level, blurred, a region occluded). `PlaneScene` is a tiny analytic

@@ -109,11 +109,13 @@ def build_sift_map(database: Path, work: Path, overlap: int = 10, max_image_size
 
 
 def cached_sift_map(database: Path, cache_dir: Path, overlap: int = 10) -> SiftMap:
-    """`build_sift_map`, cached by the database's image list and poses and the options."""
-    key_src = json.dumps({"database": str(Path(database).resolve()), "overlap": overlap,
-                          "version": SIFT_MAP_VERSION})
-    listing = sorted(p.name + str(p.stat().st_size) for p in Path(database).rglob("*.txt"))
-    key = hashlib.sha256((key_src + "".join(listing)).encode()).hexdigest()[:16]
+    """`build_sift_map`, cached by the database's pose and camera files (kapture .txt, COLMAP .txt or
+    .bin: their contents) and the options."""
+    key = hashlib.sha256(json.dumps({"database": str(Path(database).resolve()), "overlap": overlap,
+                                     "version": SIFT_MAP_VERSION}).encode())
+    for path in sorted(p for ext in ("*.txt", "*.bin") for p in Path(database).rglob(ext)):
+        key.update(path.name.encode() + path.read_bytes())
+    key = key.hexdigest()[:16]
     path = cache_dir / f"sift-{key}.npz"
     if path.is_file():
         return SiftMap.load(path)
