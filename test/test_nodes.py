@@ -54,6 +54,21 @@ class Graph:
         return code
 
 
+def _camera_source(name: str):
+    """A private rclpy context with a node publishing images and CameraInfos on the graph's
+    default topics (sensor-data QoS): (context, node, image publisher, info publisher)."""
+    import rclpy
+    from rclpy.node import Node
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+
+    context = rclpy.Context()
+    context.init()
+    node = Node(name, context=context)
+    return (context, node, node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data),
+            node.create_publisher(CameraInfo, "/camera/camera_info", qos_profile_sensor_data))
+
+
 def _wait(predicate, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -135,11 +150,6 @@ def test_one_image_stamped_years_ahead_does_not_lock_the_graph_out(graph_assets)
     """Issue 15 #1 on real processes: one image (with its CameraInfo) stamped ten years in the future
     used to make every later good frame 'out of order' (0 poses from the next 87). It is skipped with
     a warning, and the bag played after it localizes."""
-    import rclpy
-    from rclpy.node import Node
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import CameraInfo, Image
-
     from segloc_ros.adapters.image_conversion import camera_to_camera_info, numpy_to_image
     from segloc_ros.adapters.tf import ns_to_stamp
     from segloc_ros.tools.bag import play_bag
@@ -150,11 +160,7 @@ def test_one_image_stamped_years_ahead_does_not_lock_the_graph_out(graph_assets)
                   "/**/refiner_node:\n  ros__parameters:\n    min_consistency: 0.0\n"
                   "    min_kappa: -1.0\n    max_position_std_m: 1000.0\n")
     recorder = _Recorder("nodes_d", "/camera/image_raw")
-    context = rclpy.Context()
-    context.init()
-    node = Node("future_stamp_source", context=context)
-    images = node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
-    infos = node.create_publisher(CameraInfo, "/camera/camera_info", qos_profile_sensor_data)
+    context, node, images, infos = _camera_source("future_stamp_source")
     try:
         _wait(recorder.graph_ready, 180, "the graph")
         time.sleep(1.0)
@@ -179,10 +185,7 @@ def test_one_image_stamped_years_ahead_does_not_lock_the_graph_out(graph_assets)
 
 
 def test_bad_input_leaves_every_node_running(graph_assets):
-    import rclpy
-    from rclpy.node import Node
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import CameraInfo, Image
+    from sensor_msgs.msg import Image
 
     from segloc_ros.adapters.image_conversion import camera_to_camera_info, numpy_to_image
     from segloc_ros.adapters.tf import TransformBroadcaster, ns_to_stamp, pose_to_transform
@@ -192,11 +195,7 @@ def test_bad_input_leaves_every_node_running(graph_assets):
     rgb = ds.rgb(rec)
     graph = Graph(graph_assets["root"], graph_assets["map"], "nodes_b")
     recorder = _Recorder("nodes_b", "/camera/image_raw")
-    context = rclpy.Context()
-    context.init()
-    node = Node("bad_input_source", context=context)
-    images = node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
-    infos = node.create_publisher(CameraInfo, "/camera/camera_info", qos_profile_sensor_data)
+    context, node, images, infos = _camera_source("bad_input_source")
     tf = TransformBroadcaster(node)
 
     def frame(stamp_s: float, image: Image | None = None, with_info: bool = True) -> None:
