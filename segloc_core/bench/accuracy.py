@@ -50,6 +50,22 @@ def recall(errors: np.ndarray, accepted: np.ndarray) -> list[float]:
             for t, r in THRESHOLDS]
 
 
+def _fix_figures(errors: np.ndarray, accepted: np.ndarray, conditions: Sequence[str]) -> dict:
+    """Recall overall and per condition, accepted share, how many accepted fixes are right and
+    their median error, for fixes with errors (n, 2) = (m, deg) and an accepted flag each."""
+    cond = np.array(conditions)
+    some = accepted.any()
+    return {
+        "recall": recall(errors, accepted),
+        "per_condition": {str(c): recall(errors[cond == c], accepted[cond == c]) for c in sorted(set(conditions))},
+        "accepted": round(float(accepted.mean()), 4) if len(accepted) else float("nan"),
+        "accepted_correct_5m10deg": round(float(np.mean((errors[accepted, 0] <= 5) & (errors[accepted, 1] <= 10))), 4)
+        if some else float("nan"),
+        "median_t_m": round(float(np.median(errors[accepted, 0])), 3) if some else float("nan"),
+        "median_R_deg": round(float(np.median(errors[accepted, 1])), 3) if some else float("nan"),
+    }
+
+
 def perturb(T_cam_world: Pose, dist_m: float, angle_deg: float, rng: np.random.Generator) -> Pose:
     """The camera centre moved exactly `dist_m` in a random horizontal (world x-y) direction and
     the camera rotated exactly `angle_deg` about a random axis."""
@@ -150,20 +166,13 @@ def _summary(rows: _Rows, labeled_map, segmenter, elapsed: float) -> dict:
     everyone = np.ones(len(pa), bool)
     share = lm.label_share_by_distance(labeled_map.xyz, labeled_map.labels)
     pos, pos_chance, pairs = lm.positional_agreement(rows.argmax, np.array(rows.centres), segmenter.K)
-    cond = np.array(rows.conditions)
     out = {
         "segmenter": segmenter.spec.name() if segmenter.backend == "oracle" else segmenter.backend,
         "model_hash": segmenter.model_hash,
         "queries": len(pr),
-        "recall": recall(pr, acc),
+        **_fix_figures(pr, acc, rows.conditions),
         "recall_prior": recall(pa, everyone),
         "recall_raw": recall(pr, everyone),
-        "accepted": round(float(acc.mean()), 4) if len(acc) else float("nan"),
-        "accepted_correct_5m10deg": round(float(np.mean((pr[acc, 0] <= 5) & (pr[acc, 1] <= 10))), 4)
-        if acc.any() else float("nan"),
-        "median_t_m": round(float(np.median(pr[acc, 0])), 3) if acc.any() else float("nan"),
-        "median_R_deg": round(float(np.median(pr[acc, 1])), 3) if acc.any() else float("nan"),
-        "per_condition": {c: recall(pr[cond == c], acc[cond == c]) for c in sorted(set(rows.conditions))},
         "drift_from_gt_m": round(float(np.median(rows.drift)), 3),
         "retrieval_recall_at_1": round(float(np.mean(rows.retrieval_ok)), 4),
         "label_share_by_distance": share,
@@ -203,15 +212,9 @@ def run_sift(world: Path, conditions: Sequence[str], stride: int, retrieved: lis
         accepted.append(fix.T_cam_world is not None)
         errors.append(pose_error(fix.T_cam_world, rec.T_cam_world) if fix.T_cam_world is not None else (np.inf, np.inf))
     err, acc = np.array(errors).reshape(-1, 2), np.array(accepted, bool)
-    cond = np.array([rec.condition for rec in queries])
     return {
         "queries": len(err),
-        "recall": recall(err, acc),
-        "per_condition": {str(c): recall(err[cond == c], acc[cond == c]) for c in sorted(set(cond))},
-        "accepted": round(float(acc.mean()), 4) if len(acc) else float("nan"),
-        "accepted_correct_5m10deg": round(float(np.mean((err[acc, 0] <= 5) & (err[acc, 1] <= 10))), 4)
-        if acc.any() else float("nan"),
-        "median_t_m": round(float(np.median(err[acc, 0])), 3) if acc.any() else float("nan"),
+        **_fix_figures(err, acc, [rec.condition for rec in queries]),
         "map_bytes": sift.map.nbytes, "map_points": sift.map.points, "privacy": PRIVACY,
         "seconds": round(time.perf_counter() - t0, 1),
         "_pr_t": np.where(acc, err[:, 0], np.inf),

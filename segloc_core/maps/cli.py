@@ -36,9 +36,9 @@ class MapSource:
     kind: str
     path: Path
     image_dir: Path | None = None
-    # "m" or "units" (unknown scale); None: the source's usual: metres for a rendered world, kapture
-    # and a posed bag (their trajectories come from SLAM / RTK), unknown for COLMAP models, image
-    # folders and unposed bags
+    # "m" or "units" (unknown scale); None: what the source says of itself (MapGeometry.units):
+    # metres for a rendered world, kapture and a posed bag (trajectories from SLAM / RTK), unknown
+    # for COLMAP models, image folders and unposed bags (structure from motion)
     units: str | None = None
     image_topic: str | None = None  # bag: the camera topic (default: the bag's only Image topic)
     pose_topic: str | None = None  # bag: PoseStamped/Odometry of the robot in the map (default /ground_truth/pose)
@@ -67,18 +67,15 @@ def source_geometry(source: MapSource, config: BuildConfig = BuildConfig(), prog
     elif source.kind == "kapture":
         geometry = map_colmap.kapture_geometry(Path(source.path))
     elif source.kind == "bag":
-        return _bag_geometry(source, config)
+        geometry = _bag_geometry(source, config)
     else:
         geometry = map_colmap.sfm_geometry(Path(source.path))
-    units = source.units or ("m" if source.kind in ("world", "kapture") else "units")
-    return dataclasses.replace(geometry, units=units)
+    return dataclasses.replace(geometry, units=source.units) if source.units else geometry
 
 
 def _bag_geometry(source: MapSource, config: BuildConfig) -> MapGeometry:
     """Images of a mapping bag (kept under $SEGLOC_HOME/bag_images/<bag>/, read again for labels),
-    triangulated with their poses, or through SfM without a pose topic."""
-    import dataclasses
-
+    triangulated with their poses (metric), or through SfM without a pose topic."""
     from segloc_core.maps import colmap as map_colmap
     from segloc_core.maps.bag_source import extract_bag
     from segloc_core.paths import home
@@ -87,12 +84,8 @@ def _bag_geometry(source: MapSource, config: BuildConfig) -> MapGeometry:
     images = extract_bag(bag, home() / "bag_images" / bag.resolve().name, source.image_topic, source.pose_topic,
                          stride=config.frame_stride)
     if images.poses is None:
-        geometry, units = map_colmap.sfm_geometry(images.image_dir), "units"
-    else:
-        geometry = map_colmap.posed_images_geometry(images.image_dir, images.names, images.poses, images.cameras,
-                                                    f"bag:{bag}")
-        units = "m"
-    return dataclasses.replace(geometry, units=source.units or units)
+        return map_colmap.sfm_geometry(images.image_dir)
+    return map_colmap.posed_images_geometry(images.image_dir, images.names, images.poses, images.cameras, f"bag:{bag}")
 
 
 def build_map(source: MapSource, out: Path, model_path: Path | None = None,

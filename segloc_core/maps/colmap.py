@@ -12,6 +12,7 @@ Appearance (SIFT) only lives in pycolmap's temporary working database; the map k
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -84,19 +85,23 @@ def geometry_from_reconstruction(rec, image_dir: Path, source: str) -> MapGeomet
 
 def colmap_geometry(model_dir: Path, image_dir: Path, max_image_size: int = 1600) -> MapGeometry:
     """Import a COLMAP model (text or binary): its points and tracks, or, when it has posed images
-    but no points, points triangulated from SIFT matches with those poses held fixed."""
+    but no points, points triangulated from SIFT matches with those poses held fixed. Of unknown
+    scale (a COLMAP model usually comes from SfM)."""
     rec = read_reconstruction(model_dir)
     source = f"colmap:{model_dir}"
     if rec.num_points3D() > 0:
-        return geometry_from_reconstruction(rec, image_dir, source)
-    images = [im for im in rec.images.values() if im.has_pose]
-    return posed_images_geometry(Path(image_dir), [im.name for im in images], [_pose(im) for im in images],
-                                 [camera_from_pycolmap(rec.cameras[im.camera_id]) for im in images], source,
-                                 max_image_size)
+        geometry = geometry_from_reconstruction(rec, image_dir, source)
+    else:
+        images = [im for im in rec.images.values() if im.has_pose]
+        geometry = posed_images_geometry(Path(image_dir), [im.name for im in images], [_pose(im) for im in images],
+                                         [camera_from_pycolmap(rec.cameras[im.camera_id]) for im in images],
+                                         source, max_image_size)
+    return dataclasses.replace(geometry, units="units")
 
 
 def sfm_geometry(image_dir: Path, work_dir: Path | None = None, max_image_size: int = 1600) -> MapGeometry:
-    """Structure from motion on images alone: SIFT, exhaustive matching, incremental mapping."""
+    """Structure from motion on images alone: SIFT, exhaustive matching, incremental mapping (the
+    map is of unknown scale)."""
     pycolmap = require("pycolmap")
     image_dir = Path(image_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +116,7 @@ def sfm_geometry(image_dir: Path, work_dir: Path | None = None, max_image_size: 
         if not recs:
             raise InputError(f"{image_dir}: structure from motion registered no images (too few matches)")
         best = max(recs.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
-        return geometry_from_reconstruction(best, image_dir, f"sfm:{image_dir}")
+        return dataclasses.replace(geometry_from_reconstruction(best, image_dir, f"sfm:{image_dir}"), units="units")
 
 
 def _mapping_options(pycolmap):
