@@ -77,7 +77,8 @@ def test_buffer_interpolates_and_refuses_extrapolation():
 def test_buffer_recovers_from_a_future_sample_and_a_jump_back():
     """One odometry sample stamped 10 years ahead used to prune every later good sample (the edge
     stayed empty); a replay that starts again from an earlier time did the same. The edge now
-    starts over when a sample is older than the newest minus the cache, as tf2 does on a jump."""
+    starts over when a sample is older than the newest by more than half the cache, as tf2 does on
+    a jump."""
     buffer = TransformBuffer(cache_time_s=10.0)
     s = 1_000_000_000
     t0 = 1_750_000_000 * s
@@ -91,6 +92,13 @@ def test_buffer_recovers_from_a_future_sample_and_a_jump_back():
         buffer.set_transform(pose_to_transform(Pose.from_rotvec([0, 0, 0], [k, 0, 0]), "odom", "base_link",
                                                t0 - 30 * s + k * s))
     np.testing.assert_allclose(buffer.lookup("odom", "base_link", t0 - 29 * s + s // 2).t, [1.5, 0, 0])
+    # the refiner's reset after the jump: an edge that started over keeps the new timeline, one still
+    # on the old timeline (map -> odom, newest at t0) is emptied
+    buffer.set_transform(pose_to_transform(Pose.identity(), "map", "odom", t0))
+    buffer.clear(after_ns=t0 - 28 * s + 1 * s)  # a frame at t0 - 28 s found the jump
+    np.testing.assert_allclose(buffer.lookup("odom", "base_link", t0 - 29 * s + s // 2).t, [1.5, 0, 0])
+    with pytest.raises(TransformUnavailable, match="cleared"):
+        buffer.lookup("map", "odom", t0)
     buffer.clear()
     with pytest.raises(TransformUnavailable, match="cleared"):
         buffer.lookup("odom", "base_link", t0 - 29 * s)

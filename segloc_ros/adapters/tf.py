@@ -98,10 +98,11 @@ class _EdgeSeries(TimeVaryingTransform):
         self.poses: list[Pose] = []
 
     def insert(self, stamp_ns: int, T_parent_child: Pose) -> None:
-        if self.times and stamp_ns < self.times[-1] - self.cache_ns:
-            # time jumped back by more than the cache (bag loop, new replay, a sample stamped in
-            # the future before): start over, as tf2 clears its buffer on a jump back; otherwise
-            # every new sample would be pruned as too old and the edge would stay empty
+        if self.times and stamp_ns < self.times[-1] - self.cache_ns // 2:
+            # time jumped back by more than half the cache (bag loop, new replay, a sample stamped
+            # in the future before): start over with the new timeline, as tf2 clears its buffer on
+            # a jump back; otherwise new samples would be mixed with (or pruned against) the old
+            # timeline's. Samples out of order by less are normal and inserted in place.
             self.times, self.poses = [], []
         i = bisect.bisect_left(self.times, stamp_ns)
         if i < len(self.times) and self.times[i] == stamp_ns:
@@ -161,11 +162,15 @@ class TransformBuffer:
             else:
                 edge.insert(stamp_to_ns(msg.header.stamp), pose)
 
-    def clear(self) -> None:
-        """Forget every time-varying sample (static transforms stay)."""
+    def clear(self, after_ns: int | None = None) -> None:
+        """Forget the time-varying samples (static transforms stay) of every edge, or, with
+        `after_ns`, of the edges still on an old timeline (newest sample after it): after a jump
+        back, edges that already started over with the new timeline keep its samples (clearing
+        them dropped the odometry of the frames right after a replay restart)."""
         with self._lock:
             for edge in self._edges.values():
-                edge.times, edge.poses = [], []
+                if after_ns is None or (edge.times and edge.times[-1] > after_ns):
+                    edge.times, edge.poses = [], []
 
     def lookup(self, target: str, source: str, stamp_ns: int = 0) -> Pose:
         """T_target_source at `stamp_ns` (0: latest of each edge), interpolated between samples."""
@@ -184,7 +189,7 @@ class TransformBuffer:
 class TFLookup(Protocol):
     def lookup(self, target: str, source: str, stamp_ns: int = 0) -> Pose: ...
 
-    def clear(self) -> None: ...
+    def clear(self, after_ns: int | None = None) -> None: ...
 
 
 class TFListener:
@@ -214,8 +219,8 @@ class TFListener:
     def lookup(self, target: str, source: str, stamp_ns: int = 0) -> Pose:
         return self.buffer.lookup(target, source, stamp_ns)
 
-    def clear(self) -> None:
-        self.buffer.clear()
+    def clear(self, after_ns: int | None = None) -> None:
+        self.buffer.clear(after_ns)
 
 
 class _Tf2RosLookup:
@@ -238,7 +243,8 @@ class _Tf2RosLookup:
             raise TransformUnavailable(str(exc)) from None
         return transform_to_pose(msg)
 
-    def clear(self) -> None:
+    def clear(self, after_ns: int | None = None) -> None:
+        """tf2 has no per-edge view: everything goes (it clears itself on a ROS-clock jump too)."""
         self.buffer.clear()
 
 

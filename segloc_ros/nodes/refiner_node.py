@@ -195,18 +195,21 @@ class RefinerNode(ManagedNode):
         self.stats.done((time.monotonic() - start) * 1e3)
 
     def _reset_time(self, stamp: int) -> None:
-        """After a jump back in time to `stamp`: forget the track, odometry anchor, TF samples and
-        the priors and waiting frames of the old timeline (stamped after `stamp`; the new
-        timeline's, this frame's prior among them, are kept). tf2 clears its buffer the same way."""
+        """After a jump back in time to `stamp`: forget the track, the odometry anchor, and the TF
+        samples, priors and waiting frames of the old timeline: stamped more than the jump
+        threshold after `stamp` (the new timeline's, which arrive ahead of this frame's
+        segmentation, are kept: dropping them cost the frames right after a replay restart).
+        tf2 clears its buffer the same way."""
+        old_after = stamp + self._stamps.jump_back_ns
         with self._lock:
             for pending in (self._priors, self._waiting):
-                for old in [s for s in pending if s > stamp]:
+                for old in [s for s in pending if s > old_after]:
                     del pending[old]
         self.localizer.reset()
         self._stamps.reset()
         self._last_odom_cam = None
         self._T_map_odom = None
-        self.tf.clear()
+        self.tf.clear(after_ns=old_after)  # edges still on the old timeline
 
     def _prior(self, stamp: int, T_base_cam: Pose, T_odom_base: Pose | None):
         """(T_cam_map, source, image ids or None) for the frame, or None if there is none."""
