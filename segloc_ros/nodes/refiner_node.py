@@ -153,6 +153,11 @@ class RefinerNode(ManagedNode):
         if verdict == "reset":
             self.get_logger().warning(reason)
             self._reset_time(stamp)
+            with self._lock:  # the track is gone: this frame waits for its global prior like any other
+                if stamp not in self._priors and self._initialpose is None:
+                    self._waiting[stamp] = msg
+                    self._expire(stamp)
+                    return
         elif verdict == "skip":
             self._skip(f"segmentation {reason}", stamp)
             return

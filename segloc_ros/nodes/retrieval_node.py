@@ -23,7 +23,8 @@ from segloc_core.paths import map_path
 from segloc_msgs.msg import GlobalDescriptor, LocalizationStatus, PosePrior
 from segloc_msgs.srv import Relocalize
 from segloc_ros.adapters.pose_msgs import to_pose_with_covariance
-from segloc_ros.nodes.runtime import ManagedNode, spin_node
+from segloc_ros.adapters.tf import stamp_to_ns
+from segloc_ros.nodes.runtime import ManagedNode, StampGuard, spin_node
 
 STATUS_TIMEOUT_S = 1.0
 
@@ -43,6 +44,7 @@ class RetrievalNode(ManagedNode):
                                f"index {self.retriever.index.kind}")
         self.tracking = False
         self.status_at = 0.0
+        self.last_stamp = -1  # newest descriptor stamp: a jump back means the refiner starts over
         self.force = False
         self.skipped_tracking = 0
         self.pub = self.publisher(PosePrior, "prior", 10)
@@ -60,6 +62,8 @@ class RetrievalNode(ManagedNode):
 
     # -- retrieval -----------------------------------------------------------------------------------
     def on_status(self, msg: LocalizationStatus) -> None:
+        if self.last_stamp >= 0 and stamp_to_ns(msg.header.stamp) > self.last_stamp + StampGuard().jump_back_ns:
+            return  # a status of the timeline before a jump back in time
         self.tracking = msg.state == LocalizationStatus.STATE_TRACKING
         self.status_at = time.monotonic()
 
@@ -76,6 +80,12 @@ class RetrievalNode(ManagedNode):
 
     def on_descriptor(self, msg: GlobalDescriptor) -> None:
         self.stats.received += 1
+        stamp = stamp_to_ns(msg.header.stamp)
+        if StampGuard().jump_back_ns < self.last_stamp - stamp:
+            # time jumped back (a second replay, a bag loop): the refiner resets and needs global
+            # priors for the new timeline's first frames, before its status can say so
+            self.tracking = False
+        self.last_stamp = stamp
         if self.refiner_tracks() and not (self.force or self.p["retrieve_while_tracking"]):
             self.skipped_tracking += 1
             return
