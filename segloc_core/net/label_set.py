@@ -23,6 +23,7 @@ from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
 from segloc_core.place_labels import PlaceCells
 from segloc_core.progress import progress_bar
+from segloc_core.world.conditions import CONDITIONS
 from segloc_core.world.materials import DYNAMIC_IDS, SKY
 
 IGNORE = 255
@@ -73,9 +74,12 @@ def jitter_pose(T_world_cam: Pose, rng: np.random.Generator, shift_m: float, tur
 
 
 def world_label_set(world_dir: Path, conditions: list[str], cells: PlaceCells, material: bool = False, jitter_views: int = 1,
-                    shift_m: float = 1.5, turn_deg: float = 10.0, seed: int = 0, progress: bool = True) -> LabelSet:
+                    shift_m: float = 1.5, turn_deg: float = 10.0, seed: int = 0, progress: bool = True,
+                    extra_conditions: tuple[str, ...] = ()) -> LabelSet:
     """Every frame of `conditions` of a rendered world plus `jitter_views` re-rendered nearby
-    views of each, with their geometry labels."""
+    views of each, with their geometry labels; for each of `extra_conditions` (appearances no
+    traversal has, e.g. `dusk`), one more view near every frame rendered under that condition,
+    named "<extra>/<index>/<source condition>"."""
     from segloc_core.world import load_world
     from segloc_core.world.dataset import WorldRenderer
 
@@ -88,7 +92,10 @@ def world_label_set(world_dir: Path, conditions: list[str], cells: PlaceCells, m
     rng = np.random.default_rng(seed)
     images, labels, names, poses = [], [], [], []
     recs = [r for c in conditions for r in ds.frames(c)]
-    renderer = WorldRenderer(ds.config) if jitter_views > 0 else None
+    unknown = set(extra_conditions) - set(CONDITIONS)
+    if unknown:
+        raise InputError(f"unknown extra conditions {sorted(unknown)}; known: {sorted(CONDITIONS)}")
+    renderer = WorldRenderer(ds.config) if jitter_views > 0 or extra_conditions else None
     try:
         for rec in progress_bar(recs, desc="geometry labels", enabled=progress, leave=False):
             T = rec.T_world_cam
@@ -102,6 +109,14 @@ def world_label_set(world_dir: Path, conditions: list[str], cells: PlaceCells, m
                 images.append(view.rgb)
                 labels.append(frame_labels(view.ids, view.depth, rec.camera, Tj, cells, material))
                 names.append(f"{rec.condition}/{rec.index:06d}/j{j}")
+                poses.append(Tj.matrix())
+        for extra in extra_conditions:  # grouped by condition: the renderer switches condition once
+            for rec in progress_bar(recs, desc=f"{extra} views", enabled=progress, leave=False):
+                Tj = jitter_pose(rec.T_world_cam, rng, shift_m, turn_deg)
+                view = renderer.render(extra, Tj.inv())
+                images.append(view.rgb)
+                labels.append(frame_labels(view.ids, view.depth, rec.camera, Tj, cells, material))
+                names.append(f"{extra}/{rec.index:06d}/{rec.condition}")
                 poses.append(Tj.matrix())
     finally:
         if renderer is not None:

@@ -81,6 +81,8 @@ class GeometryConfig:
     if `material` (the rendered world knows it; SfM points do not). Data: every frame of
     data.conditions plus `jitter_views` re-rendered nearby views each (`shift_m`, `turn_deg`);
     every `heldout_every`-th frame (with its views) is kept out for the per-epoch accuracy.
+    `extra_conditions` adds one view near every frame under each named appearance that no traversal
+    has (`dusk`: lamps and lit windows), so the network sees lamp-lit scenes before a night query.
     Augmentation: random scale/shift/rotation (`scale_range`, `rotate_deg`) so no label can be read
     off the image position, and strong photometric changes (gamma, exposure down to night levels,
     colour mixing, noise) for conditions the training data lacks."""
@@ -95,6 +97,7 @@ class GeometryConfig:
     heldout_every: int = 10
     scale_range: tuple[float, float] = (0.8, 1.25)
     rotate_deg: float = 5.0
+    extra_conditions: tuple[str, ...] = ()  # appearances no traversal has, rendered near every frame (e.g. dusk)
     label_set: str | None = None  # a saved label set (.npz) to train on instead of rendering one
     init_weights: str | None = None  # start from these weights (a state dict of the same model shape)
 
@@ -127,8 +130,8 @@ class TrainConfig:
             bad = set(sec) - {f.name for f in fields(typ)}
             if bad:
                 raise InputError(f"unknown keys in config section {name!r}: {sorted(bad)}")
-            if typ is GeometryConfig and "scale_range" in sec:
-                sec = {**sec, "scale_range": tuple(sec["scale_range"])}
+            if typ is GeometryConfig:
+                sec = {**sec, **{k: tuple(sec[k]) for k in ("scale_range", "extra_conditions") if k in sec}}
             kw[name] = typ(**sec)
         if kw["mode"] == "geometry":  # the model records which labels it learns (map build reads them)
             g = kw["geometry"]
@@ -159,6 +162,7 @@ class TrainConfig:
         d = asdict(self)
         d["model"] = self.model.to_dict()
         d["geometry"]["scale_range"] = list(self.geometry.scale_range)
+        d["geometry"]["extra_conditions"] = list(self.geometry.extra_conditions)
         return d
 
 

@@ -57,7 +57,7 @@ def load_data(cfg: TrainConfig, progress: bool) -> LabelSet:
     path = Path(cfg.data.world) if "/" in cfg.data.world else world_dir(cfg.data.world)
     conds = list(cfg.data.conditions or load_world(path).conditions)
     return world_label_set(path, conds, label_spec(cfg), g.material, g.jitter_views, g.shift_m, g.turn_deg,
-                           cfg.optim.seed, progress)
+                           cfg.optim.seed, progress, tuple(g.extra_conditions))
 
 
 def resized(ls: LabelSet, size_wh: tuple[int, int]) -> LabelSet:

@@ -33,6 +33,7 @@ class Condition:
     exposure: float
     noise_sigma: float          # sensor noise, in 8-bit grey levels (1 sigma)
     fog_density: float          # per metre
+    window_seed: float = 0.0    # which windows are lit at night (another evening, other windows)
 
     def sun_dir(self) -> np.ndarray:
         az, el = np.radians(self.sun_azimuth_deg), np.radians(self.sun_elevation_deg)
@@ -60,6 +61,13 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in (
               (0.005, 0.008, 0.02), (0.04, 0.04, 0.07), 0.2,
               ((0.10, 0.30, 0.06), (0.18, 0.36, 0.08)), (0.16, 0.36, 0.08),
               0.0, 0.0, False, 0.2, 1.0, 2.5, 8.0, 0.002),
+    # Training only (never a traversal of the default world): an evening after sunset, lamps on and
+    # other windows lit than the night traversal's; geometry training renders it at the training
+    # frames' poses (`GeometryConfig.extra_conditions`) so the network sees lamp-lit scenes.
+    Condition("dusk", 280, -5, (0.0, 0.0, 0.0), (0.07, 0.07, 0.1), (0.035, 0.03, 0.03),
+              (0.04, 0.05, 0.13), (0.3, 0.2, 0.22), 0.4,
+              ((0.12, 0.30, 0.06), (0.20, 0.36, 0.08)), (0.18, 0.34, 0.09),
+              0.0, 0.0, False, 0.1, 0.8, 2.0, 6.0, 0.003, window_seed=17.0),
 )}
 
 DEFAULT_CONDITIONS: tuple[str, ...] = ("summer", "overcast", "autumn", "winter", "night")

@@ -417,9 +417,12 @@ class WorldRenderer:
         from segloc_core.world.scene import dynamic_mesh, dynamic_objects
 
         if condition != self._condition:
-            if condition not in self.config.conditions:
-                raise InputError(f"condition {condition!r} not in {self.config.conditions}")
-            k = self.config.conditions.index(condition)
+            if condition in self.config.conditions:
+                k = self.config.conditions.index(condition)
+            elif condition in CONDITIONS:  # a condition no traversal has (training data): its own parked cars
+                k = len(self.config.conditions) + list(CONDITIONS).index(condition)
+            else:
+                raise InputError(f"condition {condition!r} not in {sorted(CONDITIONS)}")
             self._renderer.set_condition(CONDITIONS[condition])
             is_map = condition == self.config.mapping_condition
             self._renderer.set_dynamic(dynamic_mesh(self._scene, dynamic_objects(self._scene, self.config.seed, k, is_map)))

@@ -95,6 +95,7 @@ uniform vec3 u_sun_dir; uniform vec3 u_sun; uniform vec3 u_amb_sky; uniform vec3
 uniform vec3 u_fog; uniform float u_fog_density;
 uniform vec3 u_fol_a; uniform vec3 u_fol_b; uniform vec3 u_lawn;
 uniform float u_snow; uniform float u_leaves; uniform float u_bare; uniform float u_wet; uniform float u_night;
+uniform float u_window_seed;
 uniform vec3 u_cam_pos; uniform vec3 u_cam_fwd; uniform float u_lamp_spacing;
 COMMON
 const vec3 SNOW = vec3(0.85, 0.87, 0.9);
@@ -164,7 +165,7 @@ void main() {
       alb = mix(vec3(0.08, 0.1, 0.13), vec3(0.25, 0.3, 0.36), 0.5 + 0.5 * N.z + 0.3 * hash12(ci + p));
       alb *= mix(0.5, 1.0, frame);
       gloss = 0.5;
-      if (hash12(ci + vec2(p * 31.0, 9.0)) > 0.5) { emit = u_night * 1.2; emit_rgb = vec3(1.0, 0.75, 0.4); }
+      if (hash12(ci + vec2(p * 31.0, 9.0 + u_window_seed)) > 0.5) { emit = u_night * 1.2; emit_rgb = vec3(1.0, 0.75, 0.4); }
     }
   } else if (m == ROOF) {
     alb = mix(vec3(0.35, 0.14, 0.1), vec3(0.3, 0.3, 0.32), hash12(vec2(v_param, 6.0)));
@@ -447,7 +448,8 @@ class Renderer:
         surface = {"u_sun": c.sun_rgb, "u_amb_sky": c.sky_ambient_rgb, "u_amb_ground": c.ground_ambient_rgb,
                    "u_fog": c.sky_horizon_rgb, "u_fog_density": c.fog_density, "u_fol_a": c.foliage_rgb[0],
                    "u_fol_b": c.foliage_rgb[1], "u_lawn": c.lawn_rgb, "u_snow": c.snow, "u_leaves": c.leaves,
-                   "u_bare": 1.0 if c.bare_trees else 0.0, "u_wet": c.wet}
+                   "u_bare": 1.0 if c.bare_trees else 0.0, "u_wet": c.wet,
+                   "u_window_seed": c.window_seed}
         for k, v in {**common, **surface}.items():
             self._set_all(k, v)
         sky = {**common, "u_zenith": c.sky_zenith_rgb, "u_horizon": c.sky_horizon_rgb, "u_clouds": c.clouds}
