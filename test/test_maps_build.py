@@ -314,3 +314,58 @@ def test_map_from_a_mapping_bag(graph_assets, tmp_path, monkeypatch):
     assert main(["map", "build", "--source", "bag", str(unposed), "-o", str(out2)]) == 0
     assert load_map(out2).meta.units == "units"
     assert main(["map", "build", "--source", "bag", str(bag), "--pose-topic", "/tf", "-o", str(tmp_path / "x")]) == 4
+
+
+def test_train_model_for_the_place_then_label_the_map_with_it(untrained_model, tmp_path):
+    """`map import --train-model`: labels from the map's own points (painted where they are seen),
+    cells scaled to a map of unknown scale, a model trained from --model's weights, exported beside
+    the map, and the map labelled by that model's cells."""
+    import yaml
+
+    from segloc_core.maps.build import scene_depth
+    from segloc_core.maps.colmap import colmap_geometry
+    from segloc_core.net.infer import load_segmenter
+    from segloc_core.net.label_set import IGNORE, load_label_set
+    from segloc_core.place_labels import PlaceCells
+
+    rec_dir = MAUPERTUIS / "colmap" / "reconstruction"
+    cfg = tmp_path / "place.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "mode": "geometry",
+        "model": {"num_classes": 16, "width": 0.25, "input_width": 160, "input_height": 112},
+        "optim": {"epochs": 1, "steps_per_epoch": 2, "batch_pairs": 2, "threads": 1, "device": "cpu"},
+        "geometry": {"cell_m": 4.0, "parent_cell_m": 0.0, "jitter_views": 0, "heldout_every": 2}}))
+    out = tmp_path / "place.segmap"
+    assert main(["map", "import", str(rec_dir), "--model", str(untrained_model), "--train-model", str(cfg),
+                 "--min-agreement", "0", "-o", str(out)]) == 0
+    geo = colmap_geometry(rec_dir, MAUPERTUIS / "colmap" / "images")
+    depth = scene_depth(geo)
+    seg = load_segmenter(out.with_suffix(".onnx"), "onnxruntime", threads=1)
+    assert seg.place_cells == PlaceCells(float(f"{4.0 * depth / 23.0:.4g}"), 16, 0.0)  # "units": scene-relative
+    m = load_map(out)
+    assert m.meta.model_hash == seg.model_hash and m.meta.units == "units"
+    assert (m.labels == seg.place_cells.labels(m.xyz)).mean() > 0.98
+    from segloc_core.net.segmenters import open_segmenter
+
+    assert open_segmenter(map_path=out).model_hash == seg.model_hash  # localize/eval pick the map's own model
+    run = tmp_path / "place_training"
+    assert (run / "metrics.json").is_file() and (run / "training.png").is_file()
+    ls = load_label_set(run / "labels.npz")
+    assert len(ls) == 4 and ls.images.shape[1:] == (112, 160, 3)
+    assert 0.002 < (ls.labels != IGNORE).mean() < 0.5  # discs at observed points, the rest unlabelled
+    # every observation's pixel carries its point's label (discs of neighbours may overlap a little)
+    from segloc_core.geometry import aspect_crop
+
+    obs, hits, total = geo.observations, 0, 0
+    point_labels = seg.place_cells.labels(geo.xyz_m)
+    for k, name in enumerate(ls.names):
+        i = int(name.split("/")[1])
+        cam = geo.cameras[i]
+        x0, y0, w, h = aspect_crop(cam.width, cam.height, (160, 112))
+        sel = obs.image_index == i
+        uv = ((obs.uv[sel] - (x0, y0)) * (160 / w, 112 / h)).astype(int)
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < 160) & (uv[:, 1] >= 0) & (uv[:, 1] < 112)
+        got = ls.labels[k][uv[inside, 1], uv[inside, 0]]
+        hits += int((got == point_labels[obs.point_index[sel]][inside]).sum())
+        total += int(inside.sum())
+    assert total > 500 and hits / total > 0.9

@@ -75,7 +75,7 @@ def evaluate_queries(query_dirs: Sequence[Path], map_path: Path, model_path: Pat
     from segloc_core.progress import progress_bar
 
     labeled_map = load_map(map_path)
-    segmenter = open_segmenter(segmenter, model_path, backend, world)
+    segmenter = open_segmenter(segmenter, model_path, backend, world, map_path=map_path)
     sift = None
     if sift_database is not None:
         from segloc_core.eval.sift_baseline import SiftLocalizer, cached_sift_map
@@ -157,7 +157,8 @@ def _mapping_images(map_path: Path) -> Path:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--map", type=Path, default=None, help="labeled map (default: the default world's)")
-    parser.add_argument("--model", type=Path, default=None, help="segmentation model (default: shipped)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="segmentation model (default: the map's own <map>.onnx if there is one, else the shipped model)")
     parser.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch")
     segmenters.add_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="report folder")

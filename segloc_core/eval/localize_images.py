@@ -83,7 +83,8 @@ def _run(args: argparse.Namespace) -> int:
 
     queries = load_query_set(args.queries, args.images)
     labeled_map = load_map(args.map or map_path())
-    segmenter = segmenters.open_segmenter(args.segmenter, args.model, args.backend, args.world)
+    segmenter = segmenters.open_segmenter(args.segmenter, args.model, args.backend, args.world,
+                                          map_path=args.map or map_path())
     results = localize_queries(queries, segmenter, labeled_map)
     summary = write_results(args.out or home() / "localize", queries, results)
     print(json.dumps(summary))
@@ -95,7 +96,8 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=Path, default=None,
                         help="image folder of a COLMAP query set (default: <model>/../images)")
     parser.add_argument("--map", type=Path, default=None, help="labeled map (default: the default world's)")
-    parser.add_argument("--model", type=Path, default=None, help="segmentation model (default: shipped)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="segmentation model (default: the map's own <map>.onnx if there is one, else the shipped model)")
     parser.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch")
     segmenters.add_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: $SEGLOC_HOME/localize)")

@@ -43,7 +43,7 @@ from segloc_core.localize.refine import (
     level_labels,
     refine_many,
 )
-from segloc_core.maps.format import LabeledMap
+from segloc_core.maps.format import LabeledMap, distance_scale
 from segloc_core.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class LocalizerConfig:
 
     def scaled(self, factor: float) -> LocalizerConfig:
         """Every distance (the `_m` settings here and in `refine`) times `factor`: the settings for
-        a map whose unit is 1/factor of the scenes they were tuned on (`scale_for`)."""
+        a map whose unit is 1/factor of the scenes they were tuned on (`maps.format.distance_scale`)."""
         return dataclasses.replace(
             self, max_position_std_m=self.max_position_std_m * factor,
             hypothesis_min_dist_m=self.hypothesis_min_dist_m * factor,
@@ -110,20 +110,6 @@ class LocalizerConfig:
             refine=dataclasses.replace(self.refine, search_radius_m=self.refine.search_radius_m * factor,
                                        search_step_m=self.refine.search_step_m * factor,
                                        max_translation_m=self.refine.max_translation_m * factor))
-
-
-# median scene depth of the default world's map (23.2 m, `segloc map info`), on which the distances above were tuned
-REFERENCE_SCENE_DEPTH_M = 23.0
-
-
-def scale_for(labeled_map: LabeledMap) -> float:
-    """1 for a metric map; else its scene depth over REFERENCE_SCENE_DEPTH_M, so a reconstruction
-    of unknown scale (structure from motion) gets search radii, divergence bounds and gates of the
-    same size relative to its scene (issue: they were fixed in metres whatever the unit)."""
-    meta = labeled_map.meta
-    if meta.units == "m" or meta.scene_depth <= 0:
-        return 1.0
-    return meta.scene_depth / REFERENCE_SCENE_DEPTH_M
 
 
 @dataclass(frozen=True)
@@ -174,9 +160,9 @@ class Localizer:
     """Tracking state machine around `refine` for one map (see module docstring)."""
 
     def __init__(self, labeled_map: LabeledMap, config: LocalizerConfig = LocalizerConfig()):
-        """`config` in metres; on a map of unknown scale its distances are scaled (`scale_for`)."""
+        """`config` in metres; on a map of unknown scale its distances are scaled (`maps.format.distance_scale`)."""
         self.map = labeled_map
-        self.config = config.scaled(scale_for(labeled_map))
+        self.config = config.scaled(distance_scale(labeled_map.meta.units, labeled_map.meta.scene_depth))
         self.state = State.UNINITIALIZED
         self.last: Fix | None = None
         self.misses = 0  # rejected tracking fixes since the last accepted one

@@ -21,6 +21,7 @@ __all__ = ["LabeledMap", "load_map", "save_map", "size_report", "MapSizeReport",
            "MapSource", "build_map", "configure_cli"]
 
 SOURCES = ("world", "colmap", "kapture", "images", "bag")
+PLACE_CONFIG = "segloc_place.yaml"  # `--train-model` (segloc_core/configs/)
 
 
 @dataclass(frozen=True)
@@ -90,14 +91,24 @@ def _bag_geometry(source: MapSource, config: BuildConfig) -> MapGeometry:
 
 def build_map(source: MapSource, out: Path, model_path: Path | None = None,
               config: BuildConfig = BuildConfig(), progress: bool = True,
-              segmenter: str = "model") -> LabeledMap:
+              segmenter: str = "model", train_config: Path | str | None = None) -> LabeledMap:
     """Geometry from `source`, labels and descriptors from the model (or the oracle, on a world:
-    `segloc_core.net.segmenters`), written to `out`."""
+    `segloc_core.net.segmenters`), written to `out`. With `train_config`, a model for this place is
+    trained on the geometry first (`maps.place_model`, started from `model_path` or the shipped
+    weights), exported to `<out>.onnx`, and labels the map."""
     from segloc_core.net.segmenters import open_segmenter
 
     world = Path(source.path) if source.kind == "world" else None
+    geometry = source_geometry(source, config, progress)
+    if train_config is not None:
+        from segloc_core.maps.place_model import train_place_model
+
+        if segmenter != "model":
+            raise InputError("--train-model trains a network: it cannot go with --segmenter oracle")
+        init = model_path.with_suffix(".pt") if model_path is not None else None
+        model_path = train_place_model(geometry, Path(out).with_suffix(".onnx"), train_config, init, progress)
     segmenter = open_segmenter(segmenter, model_path, world=world)
-    labeled = label_and_describe(source_geometry(source, config, progress), segmenter, config, progress)
+    labeled = label_and_describe(geometry, segmenter, config, progress)
     save_map(labeled, out)
     return labeled
 
@@ -200,9 +211,13 @@ def _cli_build(args: argparse.Namespace) -> int:
                          voxel_m=args.voxel, pixel_stride=args.pixel_stride, frame_stride=args.frame_stride)
     m = build_map(MapSource(kind, path, Path(args.images) if args.images else None, args.units,
                             args.image_topic, args.pose_topic), out,
-                  Path(args.model) if args.model else None, config, segmenter=args.segmenter)
+                  Path(args.model) if args.model else None, config, segmenter=args.segmenter,
+                  train_config=args.train_config)
     report = size_report(out)
     print(f"wrote {out}: {len(m)} points, {len(m.images)} images, {report.bytes_per_point:.2f} bytes/point")
+    if args.train_config:
+        print(f"place model {out.with_suffix('.onnx')} (localize with --model {out.with_suffix('.onnx')}; "
+              f"training curves in {out.parent / (out.stem + '_training')})")
     return 0
 
 
@@ -210,6 +225,11 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", help="output map (default: $SEGLOC_HOME/maps/<name>.segmap)")
     p.add_argument("--model", help="segmentation model (default: the shipped one)")
     p.add_argument("--segmenter", default="model", help=segmenters.HELP)
+    p.add_argument("--train-model", dest="train_config", nargs="?", const=PLACE_CONFIG, default=None,
+                   metavar="CONFIG",
+                   help="first train a model for this place on the map's images and points (geometry labels, "
+                        f"started from --model or the shipped weights; default config {PLACE_CONFIG}), write it "
+                        "to <out>.onnx and label the map with it")
     p.add_argument("--images", help="image folder of a COLMAP model (default: <model>/../images)")
     p.add_argument("--image-topic", default=None, help="bag: camera topic (default: the bag's only Image topic)")
     p.add_argument("--pose-topic", default=None,

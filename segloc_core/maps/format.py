@@ -66,6 +66,18 @@ DEFAULT_POSITION_STEP_M = 0.001
 MAX_CAMERA_PARAMS = 12  # enough for every COLMAP model segloc accepts (OPENCV has 8)
 
 
+# median scene depth of the default world's map (23.2 m, `segloc map info`), on which the localizer's
+# distances and the place cells of the shipped model were chosen
+REFERENCE_SCENE_DEPTH_M = 23.0
+
+
+def distance_scale(units: str, scene_depth: float) -> float:
+    """1 for a metric map; else its scene depth over REFERENCE_SCENE_DEPTH_M: distances chosen in
+    metres on the default world (search radii, gates, place-cell sizes) get the same size relative
+    to a reconstruction of unknown scale (structure from motion)."""
+    return 1.0 if units == "m" or scene_depth <= 0 else scene_depth / REFERENCE_SCENE_DEPTH_M
+
+
 @dataclass(frozen=True)
 class MapMetadata:
     """What the map is and how to read it; everything here goes into the JSON header."""

@@ -18,11 +18,14 @@ HELP = ("model (the network, default) or oracle[:CELL_M[,K[,PARENT_CELL_M[,PAREN
 
 
 def open_segmenter(segmenter: str = "model", model_path: Path | str | None = None, backend: str = "auto",
-                   world: Path | str | None = None, threads: int | None = None):
-    """The segmenter named by `segmenter` (see the module docstring)."""
+                   world: Path | str | None = None, threads: int | None = None, map_path: Path | str | None = None):
+    """The segmenter named by `segmenter` (see the module docstring). Without `model_path`, a map's
+    own model (`<map>.onnx`, what `segloc map build --train-model` writes) goes before the shipped one."""
     if segmenter == "model":
         from segloc_core.net.infer import load_segmenter
 
+        if model_path is None and map_path is not None and Path(map_path).with_suffix(".onnx").is_file():
+            model_path = Path(map_path).with_suffix(".onnx")
         return load_segmenter(model_path, backend, threads)
     if segmenter.startswith("oracle"):
         from segloc_core.net.oracle import OracleSegmenter, OracleSpec
