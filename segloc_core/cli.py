@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 BENCHES: dict[str, tuple[str, str]] = {
     "accuracy": ("segloc_core.bench.accuracy", "end-to-end localization: the oracle ceiling vs the model, label metrics"),
     "refine": ("segloc_core.bench.refine", "label-consistency refiner: speed vs K and the direct baseline, accuracy"),
+    "place": ("segloc_core.bench.place", "your own place: leave-one-out over a photo folder (map build, training, localize)"),
     "world": ("segloc_core.bench.world", "world rendering frame rate at 320x240 and 640x480"),
     "segment": ("segloc_core.bench.segment", "segmentation ms per frame for each available backend"),
     "retrieval": ("segloc_core.bench.retrieval", "faiss query time for 1k, 10k and 100k database images"),
