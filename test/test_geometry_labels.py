@@ -147,3 +147,21 @@ def test_geometry_training_resume_and_map_labels_from_position(tiny_world, tmp_p
     assert len(m) > 100 and (m.confidence_u8 == 255).all()
     # stored positions are quantized (a few mm): labels agree except at cell borders
     assert (m.labels == seg.place_cells.labels(m.xyz)).mean() > 0.98
+
+
+def test_place_hits_count_the_right_cell_and_skip_sky(tiny_world):
+    """`segloc eval seg`'s place-label accuracy: the true cells score 1, other labels do not."""
+    from segloc_core.eval.seg_metrics import place_hits
+    from segloc_core.net.label_set import frame_labels
+    from segloc_core.world import load_world
+
+    cells = PlaceCells(4.0, 50, 0.0)
+    ds = load_world(tiny_world)
+    rec = ds.frames("winter")[3]
+    truth = frame_labels(ds.ids(rec), ds.depth(rec), rec.camera, rec.T_world_cam, cells, False)
+    finest = truth[1::2, 1::2].astype(np.int64)  # stride 2: the label at each output pixel's centre
+    ok, total = place_hits(finest, ds, rec, cells)
+    assert total > 0.2 * finest.size and ok == total
+    assert total < ((finest != IGNORE).sum())  # sky pixels are not counted
+    wrong, total2 = place_hits((finest + 1) % 49, ds, rec, cells)
+    assert total2 == total and wrong < 0.05 * total

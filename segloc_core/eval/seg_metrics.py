@@ -13,6 +13,10 @@
   20 degrees of it. Our descriptor (GPO, PCA-whitened on the database) against two baselines in
   the same run: a tiny image (16x12 RGB, zero-mean, L2) and a class histogram (finest-level
   argmax labels, Hellinger-normalised).
+- Place-label accuracy (models that name place cells, `ModelConfig.place_cells`): per condition,
+  the share of the finest level's non-sky, static pixels whose argmax is the cell the pixel sees
+  (from the world's depth and pose), over the same database and query frames: how well the labels
+  survive a condition never trained on.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class SegEvalResult:
     num_pairs: int
     num_queries: int
     num_database: int
+    place_accuracy_by_condition: dict[str, float]  # condition -> finest-level accuracy (place-cell models)
 
 
 def tiny_image(rgb: np.ndarray, size_wh: tuple[int, int] = (16, 12)) -> np.ndarray:
@@ -143,8 +148,13 @@ def evaluate_segmentation(model: Path | None = None, backend: str = "auto", worl
     desc: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     recs = db + queries
     finest = []
+    hits: dict[str, list[int]] = {}
     for rec, res in zip(recs, seg.segment_batch((ds.rgb(r) for r in recs), total=len(recs))):
         finest.append(res.levels[-1].probs.argmax(0))
+        if seg.place_cells is not None:
+            h = hits.setdefault(rec.condition, [0, 0])
+            ok, total = place_hits(finest[-1], ds, rec, seg.place_cells)
+            h[0], h[1] = h[0] + ok, h[1] + total
         desc["segloc_gpo"].append(res.descriptor)
         desc["tiny_image"].append(tiny_image(ds.rgb(rec)))
         desc["class_histogram"].append(class_histogram(res.levels[-1].probs))
@@ -166,7 +176,22 @@ def evaluate_segmentation(model: Path | None = None, backend: str = "auto", worl
     positional, positional_chance, _ = lm.positional_agreement(
         finest, np.stack([r.T_world_cam.t for r in recs]), seg.K)
     return SegEvalResult(seg.model_hash, seg.backend, by_pair, overall, entropy, *far, positional,
-                         positional_chance, recall, by_cond, len(ps), len(queries), n)
+                         positional_chance, recall, by_cond, len(ps), len(queries), n,
+                         {c: v[0] / max(v[1], 1) for c, v in sorted(hits.items())})
+
+
+def place_hits(argmax: np.ndarray, ds, rec, cells) -> tuple[int, int]:
+    """(right, counted) finest-level pixels of one world frame: the argmax against the place cell
+    the pixel's centre sees; sky and movable objects are not counted."""
+    from segloc_core.net.label_set import IGNORE, frame_labels
+
+    truth = frame_labels(ds.ids(rec), ds.depth(rec), rec.camera, rec.T_world_cam, cells, False)
+    h, w = argmax.shape
+    H, W = truth.shape
+    ys, xs = (np.arange(h) * H // h + H // (2 * h)), (np.arange(w) * W // w + W // (2 * w))
+    t = truth[np.ix_(ys, xs)].astype(np.int64)
+    keep = (t != IGNORE) & (t != cells.K - 1)  # the sky label is K-1
+    return int((argmax[keep] == t[keep]).sum()), int(keep.sum())
 
 
 def plot(result: SegEvalResult, path: Path) -> None:
@@ -206,6 +231,9 @@ def _run(args: argparse.Namespace) -> int:
           f"{res.positional_agreement:.3f} (chance {res.positional_chance:.3f})")
     for m in METHODS:
         print(f"{m}: recall@1 {res.recall[m]['r@1']:.3f}, recall@5 {res.recall[m]['r@5']:.3f}")
+    if res.place_accuracy_by_condition:
+        print("place-label accuracy (finest level, non-sky static pixels): " + ", ".join(
+            f"{c} {v:.3f}" for c, v in res.place_accuracy_by_condition.items()))
     print(json.dumps(doc))
     return 0
 
