@@ -83,9 +83,9 @@ def leave_one_out(images: Path, work: Path, train_config: str | None, queries: l
                 if other.name != name and other.is_file():
                     (db / other.name).symlink_to(other.resolve())
             out = work / f"loo_{Path(name).stem}.segmap"
-            m = build_map(MapSource("images", db), out, progress=progress, train_config=train_config)
+            build_map(MapSource("images", db), out, progress=progress, train_config=train_config)
             seg = open_segmenter(map_path=out if train_config else None)
-            m = load_map(out)
+            m = load_map(out)  # the file, as `segloc localize --map` reads it
             res = localize_queries([QueryImage(name, images / name, ref.cameras[q], None)], seg, m,
                                    progress=False)[0]
         shared = [i for i, n in enumerate(m.images.names) if n in ref.names]
