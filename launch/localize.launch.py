@@ -5,13 +5,21 @@ project's own launcher (`segloc launch`, for pip-only installs) uses too: one de
 three nodes are lifecycle nodes; the graph's `lifecycle_manager` configures and activates them.
 """
 
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, Shutdown
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
 from segloc_core.errors import InputError
-from segloc_ros.graph import LAUNCH_ARGUMENTS, PACKAGE, localize_graph, misspelled_arguments, ros_environment
+from segloc_ros.graph import (
+    LAUNCH_ARGUMENTS,
+    PACKAGE,
+    SIGINT_GRACE_S,
+    localize_graph,
+    misspelled_arguments,
+    node_exit_failure,
+    ros_environment,
+)
 from segloc_ros.params import validate_params_file
 
 
@@ -25,16 +33,27 @@ def _nodes(context):
     graph = localize_graph(values)
     for path in graph.params_files:
         validate_params_file(path, graph.declared())
-    # as in the project's launcher, a node without respawn that exits stops the graph (the
-    # lifecycle manager exits when a node cannot configure, e.g. a missing map)
     return [
         Node(package=PACKAGE, executable=node.executable, name=node.name,
              namespace=graph.namespace, output="screen", respawn=node.respawn, respawn_delay=1.0,
              arguments=list(node.arguments),
              parameters=[*map(str, graph.params_files), node.parameters],
-             on_exit=None if node.respawn else [Shutdown(reason=f"{node.name} exited")])
+             sigterm_timeout=str(SIGINT_GRACE_S),
+             on_exit=None if node.respawn else _fail_graph(graph.fqn(node)))
         for node in graph.nodes
     ]
+
+
+def _fail_graph(name: str):
+    """As in the project's launcher, a node without respawn that exits stops the graph (the
+    lifecycle manager exits when a node cannot configure, e.g. a missing map). Raising is how a
+    launch file makes `ros2 launch` exit non-zero: the launch service logs the reason, shuts every
+    process down and returns 1 (a Shutdown action would exit 0)."""
+    def on_exit(event, context):
+        reason = node_exit_failure(name, event.returncode, context.is_shutdown)
+        if reason:
+            raise RuntimeError(reason)
+    return on_exit
 
 
 def generate_launch_description() -> LaunchDescription:

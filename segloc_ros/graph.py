@@ -111,6 +111,23 @@ def ros_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# Seconds a node gets to exit after SIGINT before SIGTERM, in both launchers. A node stopped during
+# start-up may still be importing ONNX Runtime / loading its map on a loaded machine (ros2 launch's
+# default of 5 s escalated there: issue 15).
+SIGINT_GRACE_S = 10.0
+
+
+def node_exit_failure(node: str, returncode: int | None, shutting_down: bool) -> str | None:
+    """Why the exit of a node without respawn fails the graph (None: it does not). Such a node
+    exiting while the graph runs stops it, and the launch must then exit non-zero (a supervisor or
+    CI sees a dead graph); exits after a stop was requested (Ctrl-C, shutdown) are the stop itself."""
+    if shutting_down:
+        return None
+    how = "with code 0" if returncode == 0 else (
+        f"on signal {-returncode}" if returncode is not None and returncode < 0 else f"with code {returncode}")
+    return f"{node} exited {how} while the graph was running (respawn is off): the graph is stopped"
+
+
 def misspelled_arguments(names: Iterable[str]) -> dict[str, str]:
     """{name: launch argument it is probably a typo of} for names that are not launch arguments
     but close to one (`mapp` -> `map`). `ros2 launch` ignores arguments a launch file does not

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from segloc_core.errors import InputError
-from segloc_ros.graph import LAUNCH_ARGUMENTS, Graph, NodeSpec, localize_graph, ros_environment
+from segloc_ros.graph import LAUNCH_ARGUMENTS, SIGINT_GRACE_S, Graph, NodeSpec, localize_graph, node_exit_failure, ros_environment
 from segloc_ros.params import validate_params_file
 
 log = logging.getLogger("segloc.launch")
@@ -56,7 +56,7 @@ def write_overrides(graph: Graph, directory: Path) -> Path:
 
 
 def run_graph(graph: Graph, env: Mapping[str, str] | None = None, max_restarts: int = 5,
-              restart_delay_s: float = 1.0, shutdown_timeout_s: float = 5.0) -> int:
+              restart_delay_s: float = 1.0, shutdown_timeout_s: float = SIGINT_GRACE_S) -> int:
     """Run every node of `graph` until SIGINT/SIGTERM (exit 0) or a fatal node exit (exit 1)."""
     declared = graph.declared()
     for path in graph.params_files:
@@ -83,11 +83,13 @@ def run_graph(graph: Graph, env: Mapping[str, str] | None = None, max_restarts: 
                     status = item.process.poll()
                     if status is None:
                         continue
-                    log.error("%s exited with code %d", graph.fqn(item.spec), status)
+                    if not item.spec.respawn:
+                        log.error("%s", node_exit_failure(graph.fqn(item.spec), status, shutting_down=False))
+                    else:
+                        log.error("%s exited with code %d", graph.fqn(item.spec), status)
                     if not item.spec.respawn or item.restarts >= max_restarts:
-                        why = "respawn is off" if not item.spec.respawn else \
-                            f"it was restarted {item.restarts} times already"
-                        log.error("stopping the graph: %s", why)
+                        if item.spec.respawn:
+                            log.error("stopping the graph: it was restarted %d times already", item.restarts)
                         code = 1
                         stop["signal"] = "node-exit"
                         break

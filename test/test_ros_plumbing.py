@@ -222,3 +222,68 @@ def test_shipped_params_match_declared_parameters():
     assert misspelled_arguments(["mapp", "namspace", "use_sim_tme", "robot_name", "map", "x"]) == {
         "mapp": "map", "namspace": "namespace", "use_sim_tme": "use_sim_time"}
     assert ParamSpec("x", 1.0, "").parse("2") == 2.0
+
+
+def _load_launch_file(monkeypatch) -> tuple[object, list[dict]]:
+    """launch/localize.launch.py loaded with minimal stand-ins for `launch` / `launch_ros`, which
+    are not on PyPI (no real `ros2 launch` here: shared/ros2-on-pypi.md); the stand-ins record the
+    Node(...) keyword arguments so the file's own wiring and handlers can be exercised."""
+    import importlib.util
+    import types
+
+    nodes: list[dict] = []
+
+    class _Action:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    class _Node(_Action):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            nodes.append(kwargs)
+
+    class _LaunchConfiguration(_Action):
+        def perform(self, context):
+            return context.launch_configurations[self.args[0]]
+
+    mods = {"launch": types.ModuleType("launch"), "launch.actions": types.ModuleType("launch.actions"),
+            "launch.substitutions": types.ModuleType("launch.substitutions"),
+            "launch_ros": types.ModuleType("launch_ros"), "launch_ros.actions": types.ModuleType("launch_ros.actions")}
+    mods["launch"].LaunchDescription = _Action
+    for name in ("DeclareLaunchArgument", "OpaqueFunction", "SetEnvironmentVariable"):
+        setattr(mods["launch.actions"], name, _Action)
+    mods["launch.substitutions"].LaunchConfiguration = _LaunchConfiguration
+    mods["launch_ros.actions"].Node = _Node
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    spec = importlib.util.spec_from_file_location("localize_launch", TEST_DIR.parent / "launch" / "localize.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, nodes
+
+
+def test_launch_file_fails_the_launch_when_a_node_without_respawn_exits(monkeypatch):
+    """Under ros2 launch a graph whose lifecycle manager exits (a node could not configure: exit 4)
+    made `ros2 launch` exit 0 (issue 15 #9): a Shutdown action stops the graph but not with an error.
+    The launch file's exit handler now raises, which the launch service turns into exit code 1."""
+    from types import SimpleNamespace
+
+    from segloc_ros.graph import LAUNCH_ARGUMENTS, SIGINT_GRACE_S, node_exit_failure
+
+    module, nodes = _load_launch_file(monkeypatch)
+    description = module.generate_launch_description()
+    opaque = description.args[0][-1]
+    # what the declared arguments' defaults put into a real launch context
+    opaque.kwargs["function"](SimpleNamespace(launch_configurations={a.name: a.default for a in LAUNCH_ARGUMENTS}))
+    by_name = {kw["name"]: kw for kw in nodes}
+    assert set(by_name) == {"segmentation_node", "retrieval_node", "refiner_node", "lifecycle_manager"}
+    assert all(kw["sigterm_timeout"] == str(SIGINT_GRACE_S) for kw in nodes)
+    assert all(kw["on_exit"] is None for kw in nodes if kw["respawn"])
+    on_exit = by_name["lifecycle_manager"]["on_exit"]
+    running, stopping = SimpleNamespace(is_shutdown=False), SimpleNamespace(is_shutdown=True)
+    with pytest.raises(RuntimeError, match="/lifecycle_manager exited with code 4 while the graph was running"):
+        on_exit(SimpleNamespace(returncode=4), running)
+    with pytest.raises(RuntimeError, match="on signal 9"):
+        on_exit(SimpleNamespace(returncode=-9), running)
+    assert on_exit(SimpleNamespace(returncode=0), stopping) is None  # Ctrl-C: the stop itself
+    assert node_exit_failure("/a", -2, shutting_down=True) is None
