@@ -120,6 +120,30 @@ def test_stamp_guard_orders_skips_future_and_resets_on_jumps_back():
     assert g.check(200 * s, 0)[0] == "ok"  # no clock yet (sim time before /clock): no future test
 
 
+def test_retrieval_leaves_tracked_frames_to_the_refiner_until_time_jumps_back():
+    """The retrieval node's view of the refiner: a 'tracking' status lets it skip frames until the
+    status expires; a descriptor stamped far back (bag loop, second replay) means the refiner starts
+    over, so retrieval answers at once, and a late status of the old timeline cannot undo that (the
+    first frames of a second replay had no prior before: commit e21e986)."""
+    from segloc_ros.nodes.retrieval_node import RefinerTracking
+
+    now = [0.0]
+    s = 1_000_000_000
+    r = RefinerTracking(timeout_s=1.0, jump_back_ns=s, clock=lambda: now[0])
+    assert not r.on_descriptor(10 * s)  # no status yet: retrieve
+    r.on_status(10 * s, tracking=True)
+    assert r.on_descriptor(11 * s)  # tracking: skip
+    now[0] = 2.0
+    assert not r.on_descriptor(12 * s)  # the refiner went quiet: its "tracking" expired
+    r.on_status(12 * s, tracking=True)
+    assert r.on_descriptor(12 * s + s // 2)  # half a second back is reordering, not a jump
+    assert not r.on_descriptor(1 * s)  # the bag starts over: retrieve
+    r.on_status(13 * s, tracking=True)  # late status of the old timeline
+    assert not r.on_descriptor(2 * s)
+    r.on_status(2 * s, tracking=True)  # the refiner tracks on the new timeline
+    assert r.on_descriptor(3 * s)
+
+
 def test_buffer_rejects_nan_transform():
     buffer = TransformBuffer()
     msg = pose_to_transform(Pose.identity(), "odom", "base_link", 1)

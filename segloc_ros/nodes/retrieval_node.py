@@ -29,6 +29,36 @@ from segloc_ros.nodes.runtime import ManagedNode, StampGuard, spin_node
 STATUS_TIMEOUT_S = 1.0
 
 
+class RefinerTracking:
+    """Whether the refiner tracks, as far as retrieval can tell from the refiner's statuses and the
+    descriptors' stamps (so that retrieval leaves tracked frames to odometry-propagated priors).
+
+    A "tracking" status expires after `timeout_s` (a refiner that restarted or went quiet needs
+    global priors again). A descriptor stamped more than `jump_back_ns` before the newest one is
+    a jump back in time (a second replay, a bag loop, a simulator restart): the refiner starts over
+    and needs global priors for the new timeline's first frames, before its status can say so;
+    statuses stamped ahead of the new timeline by more than that belong to the old one and are
+    ignored."""
+
+    def __init__(self, timeout_s: float = STATUS_TIMEOUT_S, jump_back_ns: int | None = None,
+                 clock=time.monotonic) -> None:
+        self.timeout_s, self.clock = timeout_s, clock
+        self.jump_back_ns = StampGuard().jump_back_ns if jump_back_ns is None else jump_back_ns
+        self.tracking, self.status_at, self.last_stamp = False, 0.0, -1
+
+    def on_status(self, stamp_ns: int, tracking: bool) -> None:
+        if self.last_stamp >= 0 and stamp_ns > self.last_stamp + self.jump_back_ns:
+            return  # a status of the timeline before a jump back in time
+        self.tracking, self.status_at = tracking, self.clock()
+
+    def on_descriptor(self, stamp_ns: int) -> bool:
+        """Note a descriptor's stamp; True while the refiner tracks (retrieval may skip it)."""
+        if self.last_stamp - stamp_ns > self.jump_back_ns:
+            self.tracking = False
+        self.last_stamp = stamp_ns
+        return self.tracking and self.clock() - self.status_at < self.timeout_s
+
+
 class RetrievalNode(ManagedNode):
     def __init__(self) -> None:
         super().__init__("retrieval_node")
@@ -42,9 +72,7 @@ class RetrievalNode(ManagedNode):
                                                              prior_mode=self.p["prior_mode"]))
         self.get_logger().info(f"map {path}: {len(self.map.images)} database images, "
                                f"index {self.retriever.index.kind}")
-        self.tracking = False
-        self.status_at = 0.0
-        self.last_stamp = -1  # newest descriptor stamp: a jump back means the refiner starts over
+        self.refiner = RefinerTracking()
         self.force = False
         self.skipped_tracking = 0
         self.pub = self.publisher(PosePrior, "prior", 10)
@@ -62,15 +90,7 @@ class RetrievalNode(ManagedNode):
 
     # -- retrieval -----------------------------------------------------------------------------------
     def on_status(self, msg: LocalizationStatus) -> None:
-        if self.last_stamp >= 0 and stamp_to_ns(msg.header.stamp) > self.last_stamp + StampGuard().jump_back_ns:
-            return  # a status of the timeline before a jump back in time
-        self.tracking = msg.state == LocalizationStatus.STATE_TRACKING
-        self.status_at = time.monotonic()
-
-    def refiner_tracks(self) -> bool:
-        """The refiner said it tracks, recently: a refiner that restarted or stopped publishing
-        needs global priors again, so an old "tracking" expires after STATUS_TIMEOUT_S."""
-        return self.tracking and time.monotonic() - self.status_at < STATUS_TIMEOUT_S
+        self.refiner.on_status(stamp_to_ns(msg.header.stamp), msg.state == LocalizationStatus.STATE_TRACKING)
 
     def on_relocalize(self, _request, response):
         self.force = True
@@ -80,13 +100,8 @@ class RetrievalNode(ManagedNode):
 
     def on_descriptor(self, msg: GlobalDescriptor) -> None:
         self.stats.received += 1
-        stamp = stamp_to_ns(msg.header.stamp)
-        if StampGuard().jump_back_ns < self.last_stamp - stamp:
-            # time jumped back (a second replay, a bag loop): the refiner resets and needs global
-            # priors for the new timeline's first frames, before its status can say so
-            self.tracking = False
-        self.last_stamp = stamp
-        if self.refiner_tracks() and not (self.force or self.p["retrieve_while_tracking"]):
+        if self.refiner.on_descriptor(stamp_to_ns(msg.header.stamp)) and \
+                not (self.force or self.p["retrieve_while_tracking"]):
             self.skipped_tracking += 1
             return
         self.worker.put(msg)
