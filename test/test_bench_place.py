@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segloc_core.bench.place import similarity, summarize, to_reference
+from segloc_core.bench.place import similarity, summarize, to_map, to_reference
 from segloc_core.geometry import Pose, pose_error
 
 
@@ -26,14 +26,17 @@ def test_similarity_recovers_scale_rotation_translation_and_moves_cameras():
     for Tm, Tr in zip(cams_map, cams_ref):
         dt, dr = pose_error(to_reference(Tm, s2, R2, t2), Tr)
         assert dt < 1e-4 and dr < 1e-3
+        dt, dr = pose_error(to_map(Tr, s2, R2, t2), Tm)  # the reference pose as a start in the map
+        assert dt < 1e-4 and dr < 1e-3
     # a wrong similarity is seen: the errors are not zero
     assert pose_error(to_reference(cams_map[0], 1.0, np.eye(3), np.zeros(3)), cams_ref[0])[0] > 0.1
 
 
 def test_summary_counts_only_accepted_fixes_and_wrong_accepted_ones():
-    rows = [{"prior": [0.3, 30.0], "fix": [0.01, 1.0], "accepted": True},
-            {"prior": [0.04, 4.0], "fix": [0.02, 1.0], "accepted": False},
-            {"prior": [0.5, 40.0], "fix": [0.4, 20.0], "accepted": True}]
+    rows = [{"prior": [0.3, 30.0], "fix": [0.01, 1.0], "accepted": True, "from_reference": [0.2, 1.0]},
+            {"prior": [0.04, 4.0], "fix": [0.02, 1.0], "accepted": False, "from_reference": [0.02, 1.0]},
+            {"prior": [0.5, 40.0], "fix": [0.4, 20.0], "accepted": True, "from_reference": [0.04, 3.0]}]
     got = summarize(rows)
     assert got["PA"] == [0, 1, 1] and got["PR"] == [1, 1, 1]
+    assert got["from_reference"] == [0, 2, 3]  # gates ignored: where refinement from the truth lands
     assert got["accepted"] == 2 and got["accepted_wrong"] == 1

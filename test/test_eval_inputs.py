@@ -115,3 +115,27 @@ def test_segment_draws_labels_over_real_photos(inputs, capsys, tmp_path):
     assert drawn.shape[:2] == (160, 90)  # drawn at the image's own size
     assert (out / "contact_sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["segment", str(tmp_path / "nothing_here"), "--model", str(model)]) == 4
+
+
+def test_refinement_from_the_reference_pose_is_reported_beside_the_fix(inputs):
+    """`localize_queries(..., from_reference=True)` (used by `segloc bench place`) also refines each
+    posed query from its reference pose, as an /initialpose: where the labels alone lead."""
+    import dataclasses
+
+    from segloc_core.localize.localizer import PriorSource, localize_queries
+    from segloc_core.maps.format import load_map
+    from segloc_core.maps.query_sets import load_query_set
+    from segloc_core.net.infer import load_segmenter
+
+    root, map_path, bag, model, world = inputs
+    queries = load_query_set(world / "night")[:3]
+    queries[2] = dataclasses.replace(queries[2], T_cam_world_gt=None)
+    seg = load_segmenter(model, "torch", threads=1)
+    results = localize_queries(queries, seg, load_map(map_path), progress=False, from_reference=True)
+    for q, r in zip(queries[:2], results[:2]):
+        at_ref = r.fix_from_reference
+        assert at_ref is not None and at_ref.source == PriorSource.INITIALPOSE
+        assert at_ref.T_cam_world_prior is q.T_cam_world_gt and r.fix.source == PriorSource.RETRIEVAL
+    assert results[2].fix_from_reference is None  # no reference pose, nothing to start from
+    assert all(r.fix_from_reference is None for r in localize_queries(queries[:1], seg, load_map(map_path),
+                                                                      progress=False))

@@ -329,13 +329,18 @@ class QueryResult:
     refine_ms: float
     error: str = ""          # why the image was skipped (unreadable, bad size, ...)
     retrieved: tuple[Pose, ...] = ()  # the top-k database images' poses (a baseline matches against them)
+    fix_from_reference: Fix | None = None  # refined from the query's reference pose (`from_reference`)
 
 
 def localize_queries(queries: Sequence[QueryImage], segmenter, labeled_map: LabeledMap,
                      retrieval: RetrievalConfig | None = None,
                      config: LocalizerConfig = LocalizerConfig(),
-                     progress: bool = True) -> list[QueryResult]:
-    """Localize independent query images (no tracking: each starts from retrieval)."""
+                     progress: bool = True, from_reference: bool = False) -> list[QueryResult]:
+    """Localize independent query images (no tracking: each starts from retrieval).
+
+    With `from_reference`, a query with a reference pose is also refined from that pose (as an
+    operator's /initialpose): where that fix lands tells the labels' own accuracy apart from
+    retrieval's (a refinement that drifts away from the truth cannot be saved by a better prior)."""
     from segloc_core.localize.retrieval import RetrievalConfig, Retriever
 
     if segmenter.K != labeled_map.meta.K or segmenter.model_hash != labeled_map.meta.model_hash:
@@ -365,7 +370,12 @@ def localize_queries(queries: Sequence[QueryImage], segmenter, labeled_map: Labe
         fix = localizer.localize(levels, prior.T_cam_world, PriorSource.RETRIEVAL,
                                  prior.retrieved.image_ids)
         t3 = time.perf_counter()
+        at_reference = None
+        if from_reference and query.T_cam_world_gt is not None:
+            localizer.state = State.UNINITIALIZED
+            at_reference = localizer.localize(levels, query.T_cam_world_gt, PriorSource.INITIALPOSE)
         retrieved = tuple(labeled_map.images.T_cam_world(int(i)) for i in prior.retrieved.image_ids)
         out.append(QueryResult(query.name, prior.T_cam_world, fix, (t1 - t0) * 1e3,
-                               (t2 - t1) * 1e3, (t3 - t2) * 1e3, retrieved=retrieved))
+                               (t2 - t1) * 1e3, (t3 - t2) * 1e3, retrieved=retrieved,
+                               fix_from_reference=at_reference))
     return out
