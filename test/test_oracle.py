@@ -145,6 +145,8 @@ def test_bench_accuracy_reports_every_key(tiny, tmp_path, monkeypatch):
         assert key in r
     assert len(r["recall"]) == 3 and r["recall"][2] >= 0.8  # oracle labels localize
     assert r["drift_from_gt_m"] < 0.2
+    # the per-axis drift is the same drift seen along the camera's axes
+    assert len(r["drift_from_gt_cam_xyz_m"]) == 3 and max(r["drift_from_gt_cam_xyz_m"]) <= r["drift_from_gt_m"] + 1e-3
     assert (tmp_path / "accuracy.png").stat().st_size > 0
 
 
