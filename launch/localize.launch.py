@@ -28,7 +28,8 @@ def _nodes(context):
     typos = misspelled_arguments(context.launch_configurations)
     if typos:
         raise InputError("unknown launch argument(s): " + ", ".join(
-            f"{given}:= (did you mean {known}:=?)" for given, known in sorted(typos.items())))
+            f"{given}:= (did you mean {known}:=?)" for given, known in sorted(typos.items()))
+            + "; known: " + ", ".join(arg.name for arg in LAUNCH_ARGUMENTS))
     values = {arg.name: LaunchConfiguration(arg.name).perform(context) for arg in LAUNCH_ARGUMENTS}
     graph = localize_graph(values)
     for path in graph.params_files:

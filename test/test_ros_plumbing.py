@@ -311,3 +311,7 @@ def test_launch_file_fails_the_launch_when_a_node_without_respawn_exits(monkeypa
         on_exit(SimpleNamespace(returncode=-9), running)
     assert on_exit(SimpleNamespace(returncode=0), stopping) is None  # Ctrl-C: the stop itself
     assert node_exit_failure("/a", -2, shutting_down=True) is None
+    # a near miss of a known argument is refused with the known ones (ros2 launch ignores it)
+    typo = {a.name: a.default for a in LAUNCH_ARGUMENTS} | {"mapp": "/x.segmap"}
+    with pytest.raises(InputError, match=r"mapp:= \(did you mean map:=\?\); known: .*params_file"):
+        opaque.kwargs["function"](SimpleNamespace(launch_configurations=typo))
