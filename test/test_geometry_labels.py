@@ -92,8 +92,9 @@ def test_label_set_views_labels_and_round_trip(tiny_world, tmp_path):
 
 
 def test_extra_conditions_add_lamp_lit_views_with_other_windows_lit(tiny_world):
-    """Training-only appearances (dusk) are rendered near every frame, labelled like it; dusk lights
-    other windows than the night traversal (the evaluation's night stays unseen)."""
+    """Training-only appearances (dusk) are rendered near every frame, labelled like it; dusk and the
+    rainy late evening light other windows than the night traversal (the evaluation's night stays
+    unseen)."""
     from segloc_core.world import WorldRenderer, load_world
     from segloc_core.world.materials import WINDOW
 
@@ -105,14 +106,15 @@ def test_extra_conditions_add_lamp_lit_views_with_other_windows_lit(tiny_world):
     assert ls.names[len(recs):] == [f"dusk/{r.index:06d}/summer" for r in recs]
     assert (ls.labels[len(recs):] < 50).mean() > 0.5  # labelled like the frames
     with pytest.raises(InputError, match="unknown extra conditions"):
-        world_label_set(tiny_world, ["summer"], cells, jitter_views=0, progress=False, extra_conditions=("dawn",))
+        world_label_set(tiny_world, ["summer"], cells, jitter_views=0, progress=False, extra_conditions=("monsoon",))
     with WorldRenderer(ds.config) as r:
-        views = {c: [r.render(c, rec.T_cam_world) for rec in recs] for c in ("night", "dusk")}
-    win = np.concatenate([((a.ids == WINDOW) & (b.ids == WINDOW)).ravel()  # parked cars differ
-                          for a, b in zip(views["night"], views["dusk"])])
+        views = {c: [r.render(c, rec.T_cam_world) for rec in recs] for c in ("night", "dusk", "rain_night")}
+    win = np.concatenate([((a.ids == WINDOW) & (b.ids == WINDOW) & (c.ids == WINDOW)).ravel()  # parked cars differ
+                          for a, b, c in zip(views["night"], views["dusk"], views["rain_night"])])
     lit = {c: np.concatenate([v.rgb.mean(2).ravel() for v in vs])[win] > 150 for c, vs in views.items()}
-    assert win.sum() > 500 and 0.1 < lit["night"].mean() < 0.9 and 0.1 < lit["dusk"].mean() < 0.9
-    assert (lit["night"] != lit["dusk"]).mean() > 0.25  # other windows, not the night's pattern
+    assert win.sum() > 500 and all(0.1 < v.mean() < 0.9 for v in lit.values()), {c: v.mean() for c, v in lit.items()}
+    for evening in ("dusk", "rain_night"):  # other windows, not the night's pattern
+        assert (lit["night"] != lit[evening]).mean() > 0.25
     cfg = TrainConfig.from_dict({"mode": "geometry", "geometry": {"extra_conditions": ["dusk"]}})
     assert cfg.geometry.extra_conditions == ("dusk",)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
