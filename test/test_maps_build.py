@@ -369,3 +369,29 @@ def test_train_model_for_the_place_then_label_the_map_with_it(untrained_model, t
         hits += int((got == point_labels[obs.point_index[sel]][inside]).sum())
         total += int(inside.sum())
     assert total > 500 and hits / total > 0.9
+
+
+def test_place_cells_sized_so_each_photo_sees_enough_of_them():
+    """`geometry.cells_per_image`: the cell edge at which the median mapping image sees that many
+    distinct cells (Sacre Coeur with the world's 4 m cells scaled by depth: 8-22 cells a photo, one
+    of them covering most of it, and nothing for refinement to align). Monotone: more cells asked,
+    smaller cells; the place config's choice reaches its count on the maupertuis sample."""
+    from segloc_core.maps.build import scene_depth
+    from segloc_core.maps.cli import PLACE_CONFIG
+    from segloc_core.maps.colmap import colmap_geometry
+    from segloc_core.maps.place_model import cell_size_for, cells_seen, place_cells_for
+    from segloc_core.net.train_config import TrainConfig
+
+    geo = colmap_geometry(MAUPERTUIS / "colmap" / "reconstruction", MAUPERTUIS / "colmap" / "images")
+    depth = scene_depth(geo)
+    sizes = [cell_size_for(geo, n) for n in (5, 20, 50)]
+    assert depth >= sizes[0] >= sizes[1] >= sizes[2] > 0 and sizes[0] > sizes[2]
+    for n, cell in zip((5, 20, 50), sizes):
+        seen = cells_seen(geo, cell)
+        assert np.median(seen[seen > 0]) >= n
+        if cell < depth:  # the largest such cell on the grid: one step coarser sees fewer
+            assert np.median(cells_seen(geo, cell * 2 ** (1 / 8))[seen > 0]) < n
+    cfg = TrainConfig.load(PLACE_CONFIG)
+    cells = place_cells_for(geo, cfg)
+    assert cfg.geometry.cells_per_image > 0 and abs(cells.cell_m - cell_size_for(geo, cfg.geometry.cells_per_image)) \
+        <= 1e-3 * cells.cell_m

@@ -98,6 +98,10 @@ class GeometryConfig:
     scale_range: tuple[float, float] = (0.8, 1.25)
     rotate_deg: float = 5.0
     extra_conditions: tuple[str, ...] = ()  # appearances no traversal has, rendered near every frame (e.g. dusk)
+    # place models (`segloc map build --train-model`): > 0 sizes the cells from the map instead of
+    # cell_m, as the edge at which the median mapping image sees this many distinct cells among its
+    # observed points (`maps.place_model.cell_size_for`)
+    cells_per_image: int = 0
     label_set: str | None = None  # a saved label set (.npz) to train on instead of rendering one
     init_weights: str | None = None  # start from these weights (a state dict of the same model shape)
 
