@@ -106,7 +106,9 @@ def leave_one_out(images: Path, work: Path, train_config: str | None, queries: l
         prior = _errors(to_reference(res.T_cam_world_prior, s, R, t) if res.T_cam_world_prior else None, gt, depth)
         fix = _errors(to_reference(res.fix.T_cam_world, s, R, t) if res.fix else None, gt, depth)
         at_ref = res.fix_from_reference
-        from_ref = _errors(to_reference(at_ref.T_cam_world, s, R, t) if at_ref else None, gt, depth)
+        # no points near the reference pose: nothing was refined (the fix is the start itself)
+        from_ref = _errors(to_reference(at_ref.T_cam_world, s, R, t) if at_ref and at_ref.num_points else None,
+                           gt, depth)
         rows.append({"image": name, "prior": [round(v, 4) for v in prior], "fix": [round(v, 4) for v in fix],
                      "from_reference": [round(v, 4) for v in from_ref],
                      "accepted": bool(res.fix is not None and res.fix.accepted),
