@@ -87,9 +87,9 @@ def run_graph(graph: Graph, env: Mapping[str, str] | None = None, max_restarts: 
                         log.error("%s", node_exit_failure(graph.fqn(item.spec), status, shutting_down=False))
                     else:
                         log.error("%s exited with code %d", graph.fqn(item.spec), status)
-                    if not item.spec.respawn or item.restarts >= max_restarts:
-                        if item.spec.respawn:
+                        if item.restarts >= max_restarts:
                             log.error("stopping the graph: it was restarted %d times already", item.restarts)
+                    if not item.spec.respawn or item.restarts >= max_restarts:
                         code = 1
                         stop["signal"] = "node-exit"
                         break
