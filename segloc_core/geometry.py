@@ -171,6 +171,18 @@ class Pose:
         return f"Pose(rotvec={np.round(self.rotvec(), 5).tolist()}, t={np.round(self.t, 5).tolist()})"
 
 
+# median scene depth of the default world's map (23.2 m, `segloc map info`), on which the localizer's
+# distances and the place cells of the shipped model were chosen
+REFERENCE_SCENE_DEPTH_M = 23.0
+
+
+def distance_scale(units: str, scene_depth: float) -> float:
+    """1 for a metric map; else its scene depth over REFERENCE_SCENE_DEPTH_M: distances chosen in
+    metres on the default world (search radii, gates, place-cell sizes) get the same size relative
+    to a reconstruction of unknown scale (structure from motion)."""
+    return 1.0 if units == "m" or scene_depth <= 0 else scene_depth / REFERENCE_SCENE_DEPTH_M
+
+
 def pose_error(T_cam_world_est: Pose, T_cam_world_gt: Pose) -> tuple[float, float]:
     """(camera-centre distance in metres, rotation angle in degrees) between two camera poses."""
     dt = float(np.linalg.norm(T_cam_world_est.center() - T_cam_world_gt.center()))

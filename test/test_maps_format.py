@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 
@@ -65,6 +66,28 @@ def test_round_trip_is_bit_identical_and_exact(tmp_path):
     # positions come back within the stated quantization error (and in the map's point order)
     d = np.linalg.norm(loaded.xyz[:200, None] - xyz[None], axis=2).min(1)
     assert d.max() <= loaded.quantization_error_max_m + 1e-12
+
+
+def test_refiner_bias_round_trips_and_older_maps_have_none(tmp_path):
+    """Format 1.1 adds the measured refiner bias (`localize.bias`); a 1.0 map (no such key) loads
+    with none, so the localizer leaves its fixes as the refiner found them."""
+    import dataclasses
+
+    m, _, _ = synthetic_map(n_points=500, n_images=8)
+    twist = (0.01, -0.02, -0.37, 0.003, -0.001, 0.0005)
+    biased = dataclasses.replace(m, meta=dataclasses.replace(m.meta, refiner_bias=twist))
+    assert load_map(save_map(biased, tmp_path / "b.segmap")).meta.refiner_bias == twist
+    data = serialize_map(m)
+    (n,) = struct.unpack_from("<Q", data, 8)
+    header = json.loads(data[16:16 + n])
+    assert header["version"] == [1, 1] and header["metadata"]["refiner_bias"] == []
+    del header["metadata"]["refiner_bias"]
+    header["version"] = [1, 0]
+    new = json.dumps(header).encode()
+    body = data[:8] + struct.pack("<Q", len(new)) + new + data[16 + n:-32]
+    path = tmp_path / "old.segmap"
+    path.write_bytes(body + hashlib.sha256(body).digest())
+    assert load_map(path).meta.refiner_bias == ()
 
 
 def test_visibility_is_exact(tmp_path):

@@ -14,6 +14,9 @@ a bag replay and an image-folder evaluation run the same decisions:
   alone) reaches `min_kappa`, and its position standard deviation stays under
   `max_position_std_m`. The kappa gate matters when a model uses few labels: a wrong pose
   then still agrees often by chance;
+- the map's measured refiner bias B (`localize.bias`, `MapMetadata.refiner_bias`: the network's
+  labels put the cost minimum a fixed offset from the true pose, 0.36 m behind it on the default
+  world) is undone: starts and the tracking prior go in as B^-1 T, fixes come out as B T;
 - states: uninitialized -> localized (fix from a global prior) -> tracking (fix from a propagated
   prior) -> lost (a rejected fix from a global prior, or more than `max_tracking_misses` rejected
   tracking fixes in a row: until then tracking coasts on odometry); lost and uninitialized need a
@@ -33,7 +36,7 @@ import cv2
 import numpy as np
 
 from segloc_core.errors import InputError
-from segloc_core.geometry import Pose
+from segloc_core.geometry import Pose, distance_scale
 from segloc_core.localize.refine import (
     GaussianPrior,
     LabeledPoints,
@@ -43,11 +46,11 @@ from segloc_core.localize.refine import (
     level_labels,
     refine_many,
 )
-from segloc_core.maps.format import LabeledMap, distance_scale
 from segloc_core.progress import progress_bar
 
 if TYPE_CHECKING:
     from segloc_core.localize.retrieval import RetrievalConfig
+    from segloc_core.maps.format import LabeledMap
     from segloc_core.maps.query_sets import QueryImage
 
 
@@ -97,11 +100,13 @@ class LocalizerConfig:
     # is centimetres off, which a 20x15 level cannot resolve (measured offline: -5 ms per frame,
     # fixes within 1 m 6 -> 18 of 80)
     tracking_skip_levels: int = 1
+    # apply the map's measured refiner bias (`MapMetadata.refiner_bias`); off: raw refiner optimum
+    correct_refiner_bias: bool = True
     refine: RefineConfig = field(default_factory=RefineConfig)
 
     def scaled(self, factor: float) -> LocalizerConfig:
         """Every distance (the `_m` settings here and in `refine`) times `factor`: the settings for
-        a map whose unit is 1/factor of the scenes they were tuned on (`maps.format.distance_scale`)."""
+        a map whose unit is 1/factor of the scenes they were tuned on (`geometry.distance_scale`)."""
         return dataclasses.replace(
             self, max_position_std_m=self.max_position_std_m * factor,
             hypothesis_min_dist_m=self.hypothesis_min_dist_m * factor,
@@ -160,12 +165,14 @@ class Localizer:
     """Tracking state machine around `refine` for one map (see module docstring)."""
 
     def __init__(self, labeled_map: LabeledMap, config: LocalizerConfig = LocalizerConfig()):
-        """`config` in metres; on a map of unknown scale its distances are scaled (`maps.format.distance_scale`)."""
+        """`config` in metres; on a map of unknown scale its distances are scaled (`geometry.distance_scale`)."""
         self.map = labeled_map
         self.config = config.scaled(distance_scale(labeled_map.meta.units, labeled_map.meta.scene_depth))
         self.state = State.UNINITIALIZED
         self.last: Fix | None = None
         self.misses = 0  # rejected tracking fixes since the last accepted one
+        bias = labeled_map.meta.refiner_bias if config.correct_refiner_bias else ()
+        self._bias = Pose.exp(np.asarray(bias, np.float64)) if len(bias) else Pose.identity()
         # decoded once: the map stores quantized positions and quaternions
         self._xyz = labeled_map.xyz
         self._labels = labeled_map.labels.astype(np.int64)
@@ -233,12 +240,14 @@ class Localizer:
                 if min(np.linalg.norm(T.center() - s.center()) for s in starts) \
                         >= self.config.hypothesis_min_dist_m:
                     starts.append(T)
+        # the refiner works where its cost is lowest for a true pose T: bias^-1 T (see `refiner_bias`)
+        starts = [self._bias.inv() @ T for T in starts]
         prior, refine_config = None, self.config.refine
         if source == PriorSource.TRACKING and self.last is not None \
                 and self.config.tracking_prior_std_m > 0:
             driven = float(np.linalg.norm(T_cam_world_prior.center() - self.last.T_cam_world.center()))
             std_m = self.config.tracking_prior_std_m + self.config.tracking_prior_std_per_m * driven
-            prior = GaussianPrior.isotropic(T_cam_world_prior, std_m,
+            prior = GaussianPrior.isotropic(starts[0], std_m,
                                             np.radians(self.config.tracking_prior_std_deg))
             refine_config = dataclasses.replace(
                 refine_config, search_radius_m=min(refine_config.search_radius_m, 2 * std_m))
@@ -253,6 +262,9 @@ class Localizer:
         if not candidates:
             return self._finish(None, T_cam_world_prior, source, "no map points near the prior")
         best, points = max(candidates, key=lambda c: (c[0].converged, c[0].consistency))
+        Ad = self._bias.adjoint()
+        best = dataclasses.replace(best, T_cam_world=self._bias @ best.T_cam_world,
+                                   covariance=Ad @ best.covariance @ Ad.T)
         gate_probs = levels[-2 if len(levels) > 1 else -1].probs  # read with its own labels
         chance = chance_consistency(gate_probs, level_labels(points.labels, levels[-1].probs.shape[0],
                                                              gate_probs.shape[0]))

@@ -22,10 +22,10 @@ from scipy.spatial.transform import Rotation
 
 from segloc_core.errors import InputError, require
 from segloc_core.geometry import Pose
-from segloc_core.maps.format import LabeledMap
 
 if TYPE_CHECKING:
     from segloc_core.localize.refine import LabeledPoints
+    from segloc_core.maps.format import LabeledMap
 
 PRIOR_MODES = ("top1", "weighted")
 

@@ -15,6 +15,8 @@ PCA-whitened on the database (`descriptor.fit_whitening`).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +28,12 @@ from scipy.spatial import cKDTree
 from segloc_core.descriptor import fit_whitening
 from segloc_core.errors import InputError
 from segloc_core.geometry import Camera, Pose
+from segloc_core.localize.bias import measure_refiner_bias
+from segloc_core.localize.refine import LevelInput
 from segloc_core.maps.format import Cameras, DatabaseImages, LabeledMap, MapMetadata, assemble_map, group_keys
 from segloc_core.progress import progress_bar
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BuildConfig:
@@ -41,6 +46,9 @@ class BuildConfig:
     depth_tolerance: float = 0.03  # relative depth disagreement that still counts as visible
     frame_stride: int = 1  # use every n-th mapping frame as a database image
     skip_dynamic: bool = True  # no points on parked cars and bins (world ids say which): they move
+    # mapping images (evenly spaced) refined from their own poses to measure the refiner's
+    # systematic offset, which the localizer then corrects (`localize.bias`); 0: not measured
+    bias_images: int = 100
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,7 @@ class SegmenterLookup:
     def __call__(self, image: int, uv: np.ndarray) -> np.ndarray:
         result = self.segment(image)
         level = len(result.levels) - 1  # finest
-        cam = self.geometry.cameras[self.camera_index[image]]
+        cam = self.geometry.cameras[image]
         level_cam = self.segmenter.level_camera(cam, level)
         uv_level, _ = level_cam.project(cam.unproject(uv))
         return sample_nearest(result.levels[level].probs, uv_level)
@@ -173,7 +181,37 @@ def label_and_describe(geometry: MapGeometry, segmenter: SegmenterLike,
         if i not in lookup.descriptors:  # images that observe no point still need a descriptor
             lookup.segment(i)
     raw = np.stack([lookup.descriptors[i] for i in range(len(geometry.names))])
-    return finish_map(geometry, labels, agreement, raw, segmenter.K, segmenter.model_hash, config)
+    labeled = finish_map(geometry, labels, agreement, raw, segmenter.K, segmenter.model_hash, config)
+    return with_refiner_bias(labeled, geometry, segmenter, config.bias_images, progress)
+
+
+def with_refiner_bias(labeled: LabeledMap, geometry: MapGeometry, segmenter: SegmenterLike,
+                      max_images: int, progress: bool = True) -> LabeledMap:
+    """`labeled` with `meta.refiner_bias` measured on up to `max_images` evenly spaced database
+    images (`localize.bias`); unchanged when `max_images` is 0 or too few refinements converged."""
+    n = len(geometry.names)
+    if max_images <= 0:
+        return labeled
+    picks = np.unique(np.linspace(0, n - 1, min(n, max_images)).round().astype(np.int64))
+
+    def samples():
+        for i in progress_bar(picks, desc="refiner bias", unit="img", enabled=progress):
+            result = segmenter.segment(geometry.load_rgb(int(i)), geometry.names[i])
+            cam = geometry.cameras[i]
+            levels = [LevelInput(lv.probs, lv.reductions, segmenter.level_camera(cam, j))
+                      for j, lv in enumerate(result.levels)]
+            yield levels, geometry.T_cam_world[i]
+
+    estimate = measure_refiner_bias(labeled, samples())
+    if estimate is None:
+        log.warning("refiner bias not measured: too few of %d mapping images refined from their own "
+                    "poses converged", len(picks))
+        return labeled
+    rho, omega = np.round(estimate.twist[:3], 3), np.round(np.degrees(estimate.twist[3:]), 2)
+    log.info("refiner bias from %d mapping images: %s %s (camera x right, y down, z forward), "
+             "%s deg; their median offset %.3f -> %.3f in-sample", estimate.images, rho.tolist(),
+             labeled.meta.units, omega.tolist(), estimate.offset_before, estimate.offset_after)
+    return dataclasses.replace(labeled, meta=dataclasses.replace(labeled.meta, refiner_bias=estimate.twist))
 
 
 def scene_depth(geometry: MapGeometry, max_observations: int = 200_000) -> float:

@@ -8,10 +8,12 @@ ties them to the segmentation model and the command line, and re-exports the map
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from segloc_core.cli import non_negative_int
 from segloc_core.errors import InputError
 from segloc_core.maps.build import BuildConfig, MapGeometry, label_and_describe
 from segloc_core.maps.format import LabeledMap, MapSizeReport, load_map, save_map, size_report
@@ -183,6 +185,17 @@ def label_report(m: LabeledMap, poses: int = 50) -> list[str]:
             "within a few metres)"]
 
 
+def bias_text(m: LabeledMap) -> str:
+    """The map's measured refiner bias (`localize.bias`) in words."""
+    b = m.meta.refiner_bias
+    if not b:
+        return "not measured (fixes are not corrected)"
+    rho = ", ".join(f"{v:+.3f}" for v in b[:3])
+    deg = ", ".join(f"{math.degrees(v):+.2f}" for v in b[3:])
+    return (f"{rho} {m.meta.units} (camera right, down, forward), {deg} deg; fixes are corrected by it "
+            "(measured on mapping images refined from their own poses)")
+
+
 def _cli_info(args: argparse.Namespace) -> int:
     report = size_report(Path(args.map))
     m = load_map(Path(args.map))
@@ -192,6 +205,7 @@ def _cli_info(args: argparse.Namespace) -> int:
           f"created {m.meta.created_utc})")
     scale = "metric" if m.meta.units == "m" else "unknown scale: the localizer's distances follow the scene depth"
     print(f"scene depth       {m.meta.scene_depth:.3g} {m.meta.units} (median, points in their images; {scale})")
+    print(f"refiner bias      {bias_text(m)}")
     print("\n".join(report.lines()))
     print("\n".join(label_report(m)))
     if args.plot:
@@ -208,7 +222,8 @@ def _cli_build(args: argparse.Namespace) -> int:
         raise InputError(f"--source {kind} needs a path")
     out = Path(args.out) if args.out else map_path("default" if kind == "world" and not args.path else path.name)
     config = BuildConfig(min_agreement=args.min_agreement, whitening_dim=args.whitening_dim,
-                         voxel_m=args.voxel, pixel_stride=args.pixel_stride, frame_stride=args.frame_stride)
+                         voxel_m=args.voxel, pixel_stride=args.pixel_stride, frame_stride=args.frame_stride,
+                         bias_images=args.bias_images)
     m = build_map(MapSource(kind, path, Path(args.images) if args.images else None, args.units,
                             args.image_topic, args.pose_topic), out,
                   Path(args.model) if args.model else None, config, segmenter=args.segmenter,
@@ -244,6 +259,9 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voxel", type=float, default=BuildConfig.voxel_m, help="world: dedup voxel, metres")
     p.add_argument("--pixel-stride", type=int, default=BuildConfig.pixel_stride, help="world: depth subsampling")
     p.add_argument("--frame-stride", type=int, default=BuildConfig.frame_stride, help="world, bag: every n-th frame")
+    p.add_argument("--bias-images", type=non_negative_int, default=BuildConfig.bias_images,
+                   help="mapping images refined from their own poses to measure the refiner's systematic "
+                        "offset, which the localizer corrects (0: not measured, fixes uncorrected)")
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:

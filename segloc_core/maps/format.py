@@ -18,7 +18,8 @@ Compactness (the reason for the layout, at most 16 bytes per point on the defaul
   instead of one index per observation;
 - database descriptors are float16.
 
-File layout (little-endian), format name `segloc.labeled_map`, version 1.0:
+File layout (little-endian), format name `segloc.labeled_map`, version 1.1 (1.1 added the optional
+`refiner_bias` metadata; a 1.0 reader ignores it):
 
     magic  b"SEGLMAP\\0"   8 bytes
     L      uint64          length of the header
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     from segloc_core.geometry import Camera, Pose
 
 FORMAT_NAME = "segloc.labeled_map"
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (1, 1)
 MAGIC = b"SEGLMAP\x00"
 _CHECKSUM_BYTES = 32
 _U16 = int(np.iinfo(np.uint16).max)
@@ -64,18 +65,6 @@ AXIS_BITS = 21
 _AXIS_MAX = (1 << AXIS_BITS) - 1
 DEFAULT_POSITION_STEP_M = 0.001
 MAX_CAMERA_PARAMS = 12  # enough for every COLMAP model segloc accepts (OPENCV has 8)
-
-
-# median scene depth of the default world's map (23.2 m, `segloc map info`), on which the localizer's
-# distances and the place cells of the shipped model were chosen
-REFERENCE_SCENE_DEPTH_M = 23.0
-
-
-def distance_scale(units: str, scene_depth: float) -> float:
-    """1 for a metric map; else its scene depth over REFERENCE_SCENE_DEPTH_M: distances chosen in
-    metres on the default world (search radii, gates, place-cell sizes) get the same size relative
-    to a reconstruction of unknown scale (structure from motion)."""
-    return 1.0 if units == "m" or scene_depth <= 0 else scene_depth / REFERENCE_SCENE_DEPTH_M
 
 
 @dataclass(frozen=True)
@@ -93,6 +82,10 @@ class MapMetadata:
     # median depth of the points in the database images that see them (map units; 0: unknown, a
     # map from before it was recorded). Without metric scale the localizer's distances follow it.
     scene_depth: float = 0.0
+    # systematic offset of the refiner's optimum from the true pose, measured at build time on
+    # mapping images refined from their own poses: twist [rho, omega] of B with T_true = B T_refined
+    # (camera frame; empty: not measured). The localizer corrects its fixes by it.
+    refiner_bias: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -509,7 +502,8 @@ def _from_arrays(meta: dict, a: dict[str, np.ndarray], path: Path) -> LabeledMap
         md = MapMetadata(K=int(meta["K"]), model_hash=str(meta["model_hash"]), source=str(meta["source"]),
                          frame_id=str(meta["frame_id"]), units=str(meta["units"]),
                          created_utc=str(meta["created_utc"]), min_agreement=float(meta["min_agreement"]),
-                         scene_depth=float(meta.get("scene_depth", 0.0)))
+                         scene_depth=float(meta.get("scene_depth", 0.0)),
+                         refiner_bias=tuple(float(v) for v in meta.get("refiner_bias", ())))
         names, models = tuple(meta["image_names"]), tuple(meta["camera_models"])
         step = float(meta["position_step_m"])
     except (KeyError, TypeError, ValueError) as exc:

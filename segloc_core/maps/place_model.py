@@ -18,7 +18,7 @@ covering 50-87 % of the labelled pixels), so
 refinement had almost nothing to align: fixes with 0.75-0.93 label consistency 10-30 % of the
 scene depth off, even from a start at the true pose; on the world the shipped model's poses see ~50.
 Otherwise `geometry.cell_m` in metres of the default world, scaled by the scene depth on a map of
-unknown scale like every other distance (`maps.format.distance_scale`). The model records the cell
+unknown scale like every other distance (`geometry.distance_scale`). The model records the cell
 in map units (`ModelConfig.place_cells`).
 """
 
@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from segloc_core.errors import InputError
-from segloc_core.geometry import aspect_crop
+from segloc_core.geometry import aspect_crop, distance_scale
 from segloc_core.maps.build import MapGeometry, scene_depth
-from segloc_core.maps.format import distance_scale
 from segloc_core.net.label_set import IGNORE, LabelSet, save_label_set
 from segloc_core.net.train_config import TrainConfig
 from segloc_core.place_labels import PlaceCells
