@@ -395,3 +395,38 @@ def test_place_cells_sized_so_each_photo_sees_enough_of_them():
     cells = place_cells_for(geo, cfg)
     assert cfg.geometry.cells_per_image > 0 and abs(cells.cell_m - cell_size_for(geo, cfg.geometry.cells_per_image)) \
         <= 1e-3 * cells.cell_m
+
+
+def test_votes_read_each_images_own_camera():
+    """Mixed cameras (issue 14's image folders): image 2 has camera B (640x480) while images 0-1
+    share camera A (320x240). The vote lookup used the camera at the image's *unique-camera index*
+    (1) of the per-image camera list, i.e. image 1's camera A for image 2, and read its labels at
+    the wrong pixels (here: label 1 instead of 0)."""
+    from types import SimpleNamespace
+
+    from segloc_core.geometry import Camera, Pose
+    from segloc_core.maps.build import MapGeometry, SegmenterLookup, _camera_table
+
+    A = Camera("PINHOLE", 320, 240, np.array([300.0, 300.0, 160.0, 120.0]))
+    B = Camera("PINHOLE", 640, 480, np.array([600.0, 600.0, 320.0, 240.0]))
+    probs = np.zeros((2, 120, 160), np.float32)
+    probs[0, :, :80], probs[1, :, 80:] = 1.0, 1.0  # label 0 on the left half, 1 on the right
+
+    class HalfSegmenter:
+        K, model_hash = 2, "halves"
+
+        def segment(self, rgb, frame=None):
+            return SimpleNamespace(levels=[SimpleNamespace(probs=probs)], descriptor=np.zeros(4, np.float32))
+
+        def level_camera(self, camera, level):
+            return camera.scaled_to(160, 120)
+
+    geo = MapGeometry(np.zeros((1, 3)), Observations(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 2))),
+                      ("a0", "a1", "b2"), (Pose.identity(),) * 3, (A, A, B),
+                      lambda i: np.zeros((10, 10, 3), np.uint8), "test")
+    _, camera_index = _camera_table(geo.cameras)
+    assert list(camera_index) == [0, 0, 1]
+    lookup = SegmenterLookup(HalfSegmenter(), geo, camera_index)
+    uv = np.array([[300.0, 240.0]])  # left of B's centre: label 0 (camera A reads it right of centre)
+    assert lookup(2, uv).argmax(1).tolist() == [0]
+    assert lookup(0, np.array([[150.0, 120.0]])).argmax(1).tolist() == [0]
