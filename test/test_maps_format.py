@@ -75,19 +75,25 @@ def test_refiner_bias_round_trips_and_older_maps_have_none(tmp_path):
 
     m, _, _ = synthetic_map(n_points=500, n_images=8)
     twist = (0.01, -0.02, -0.37, 0.003, -0.001, 0.0005)
-    biased = dataclasses.replace(m, meta=dataclasses.replace(m.meta, refiner_bias=twist))
-    assert load_map(save_map(biased, tmp_path / "b.segmap")).meta.refiner_bias == twist
+    spread = tuple(np.diag([0.04, 0.03, 0.09, 1e-4, 1e-4, 1e-4]).ravel().tolist())
+    biased = dataclasses.replace(m, meta=dataclasses.replace(m.meta, refiner_bias=twist, refiner_spread=spread))
+    loaded = load_map(save_map(biased, tmp_path / "b.segmap")).meta
+    assert loaded.refiner_bias == twist and loaded.refiner_spread == spread
     data = serialize_map(m)
     (n,) = struct.unpack_from("<Q", data, 8)
     header = json.loads(data[16:16 + n])
     assert header["version"] == [1, 1] and header["metadata"]["refiner_bias"] == []
-    del header["metadata"]["refiner_bias"]
+    del header["metadata"]["refiner_bias"], header["metadata"]["refiner_spread"]
     header["version"] = [1, 0]
     new = json.dumps(header).encode()
     body = data[:8] + struct.pack("<Q", len(new)) + new + data[16 + n:-32]
     path = tmp_path / "old.segmap"
     path.write_bytes(body + hashlib.sha256(body).digest())
-    assert load_map(path).meta.refiner_bias == ()
+    assert load_map(path).meta.refiner_bias == () and load_map(path).meta.refiner_spread == ()
+    # a damaged bias is refused with the reason, not a reshape traceback in the localizer
+    bad = dataclasses.replace(m, meta=dataclasses.replace(m.meta, refiner_bias=(0.1, float("nan"))))
+    with pytest.raises(InputError, match="refiner_bias"):
+        load_map(save_map(bad, tmp_path / "bad.segmap"))
 
 
 def test_visibility_is_exact(tmp_path):

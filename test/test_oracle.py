@@ -6,7 +6,7 @@ import pytest
 
 from segloc_core import label_metrics as lm
 from segloc_core.errors import InputError
-from segloc_core.geometry import pose_error
+from segloc_core.geometry import Pose, pose_error
 from segloc_core.localize.localizer import Localizer
 from segloc_core.localize.refine import LevelInput, refine
 from segloc_core.net.oracle import OracleSegmenter, OracleSpec
@@ -147,7 +147,22 @@ def test_bench_accuracy_reports_every_key(tiny, tmp_path, monkeypatch):
     assert r["drift_from_gt_m"] < 0.2
     # the per-axis drift is the same drift seen along the camera's axes
     assert len(r["drift_from_gt_cam_xyz_m"]) == 3 and max(r["drift_from_gt_cam_xyz_m"]) <= r["drift_from_gt_m"] + 1e-3
+    assert 0.0 <= r["covariance_3sigma_share"] <= 1.0 and r["covariance_median_mahalanobis"] > 0
     assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
+def test_position_mahalanobis_reads_the_camera_frame_covariance():
+    """The covariance is of a left perturbation in the camera frame (`RefineResult.covariance`):
+    an error of 0.3 m along the camera's forward axis with a 0.1 m std there is 3 sigma, whatever
+    the camera's orientation in the world; a 10 cm std across it does not shrink that."""
+    from segloc_core.bench.accuracy import position_mahalanobis
+
+    truth = Pose.from_rotvec(np.array([0.3, -1.2, 0.5]), np.array([4.0, -2.0, 7.0]))
+    est = Pose.from_rotvec(np.zeros(3), np.array([0.0, 0.0, -0.3])) @ truth  # 0.3 m behind
+    cov = np.diag([1.0, 1.0, 0.01, 1e-4, 1e-4, 1e-4])
+    assert position_mahalanobis(est, cov, truth) == pytest.approx(3.0, rel=1e-6)
+    assert position_mahalanobis(est, np.diag([0.01, 0.01, 1.0, 1e-4, 1e-4, 1e-4]), truth) == pytest.approx(0.3, rel=1e-6)
+    assert position_mahalanobis(est, np.full((6, 6), np.inf), truth) == np.inf
 
 
 def test_bench_refine_on_oracle_inputs(tiny, tmp_path):

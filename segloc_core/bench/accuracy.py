@@ -103,6 +103,7 @@ class _Rows:
     centres: list
     conditions: list
     retrieved: list  # per query: the top-k database poses retrieval returned
+    mahalanobis: list  # per query: position error in units of the published covariance (fix.covariance)
 
 
 def run_configuration(segmenter, world: Path, conditions: Sequence[str], stride: int = 1,
@@ -117,7 +118,7 @@ def run_configuration(segmenter, world: Path, conditions: Sequence[str], stride:
     localizer = Localizer(labeled_map, LocalizerConfig(tracking=False))
     db_frames = ds.frames(ds.mapping_condition)
     rng = np.random.default_rng(seed)
-    rows = _Rows([], [], [], [], {k: ([], []) for k in PERTURBATIONS}, [], [], [], [], [], [], [])
+    rows = _Rows([], [], [], [], {k: ([], []) for k in PERTURBATIONS}, [], [], [], [], [], [], [], [])
     queries = [rec for cond in conditions for rec in ds.frames(cond)[::stride]]
     t0 = time.perf_counter()
     for qi, rec in enumerate(progress_bar(queries, desc=f"accuracy ({segmenter.backend})", unit="img",
@@ -132,6 +133,7 @@ def run_configuration(segmenter, world: Path, conditions: Sequence[str], stride:
         rows.pr.append(pose_error(fix.T_cam_world, gt))
         rows.pa.append(pose_error(prior.T_cam_world, gt))
         rows.accepted.append(fix.accepted)
+        rows.mahalanobis.append(position_mahalanobis(fix.T_cam_world, fix.covariance, gt))
         top1 = pose_error(labeled_map.images.T_cam_world(int(prior.retrieved.image_ids[0])), gt)
         rows.retrieval_ok.append(top1[0] <= RETRIEVAL_OK[0] and top1[1] <= RETRIEVAL_OK[1])
         localizer.state = State.UNINITIALIZED
@@ -178,6 +180,7 @@ def _summary(rows: _Rows, labeled_map, segmenter, elapsed: float) -> dict:
         # along the road (forward) the labels constrain the pose least: which axis the drift is on
         "drift_from_gt_cam_xyz_m": [round(float(v), 3) for v in np.median(np.abs(drift_cam), 0)],
         "retrieval_recall_at_1": round(float(np.mean(rows.retrieval_ok)), 4),
+        **_covariance_figures(np.array(rows.mahalanobis), acc),
         "label_share_by_distance": share,
         "label_share_5_10m": share["5-10m"],
         "label_share_chance": share["chance"],
@@ -222,6 +225,31 @@ def run_sift(world: Path, conditions: Sequence[str], stride: int, retrieved: lis
         "seconds": round(time.perf_counter() - t0, 1),
         "_pr_t": np.where(acc, err[:, 0], np.inf),
     }
+
+
+def position_mahalanobis(T_est: Pose, covariance: np.ndarray, T_true: Pose) -> float:
+    """Position error of a fix in units of its covariance: sqrt(e^T S^-1 e), e the translation part
+    of log(T_true T_est^-1) (the camera-frame left perturbation `RefineResult.covariance` is of),
+    S its 3x3 block; inf when the covariance is unknown or singular."""
+    S = covariance[:3, :3]
+    if not np.all(np.isfinite(S)):
+        return float("inf")
+    e = (T_true @ T_est.inv()).log()[:3]
+    try:
+        return float(np.sqrt(max(float(e @ np.linalg.solve(S, e)), 0.0)))
+    except np.linalg.LinAlgError:
+        return float("inf")
+
+
+def _covariance_figures(mahalanobis: np.ndarray, accepted: np.ndarray) -> dict:
+    """Does the published covariance cover the error? Over accepted fixes: the share inside the
+    3-sigma position ellipsoid (a calibrated Gaussian: 97 %) and the median Mahalanobis distance
+    (calibrated: 1.5)."""
+    m = mahalanobis[accepted]
+    if len(m) == 0:
+        return {"covariance_3sigma_share": float("nan"), "covariance_median_mahalanobis": float("nan")}
+    return {"covariance_3sigma_share": round(float(np.mean(m <= 3.0)), 4),
+            "covariance_median_mahalanobis": round(float(np.median(m)), 2)}
 
 
 def _weighted(rows: list, column: int) -> float:

@@ -16,7 +16,8 @@ a bag replay and an image-folder evaluation run the same decisions:
   then still agrees often by chance;
 - the map's measured refiner bias B (`localize.bias`, `MapMetadata.refiner_bias`: the network's
   labels put the cost minimum a fixed offset from the true pose, 0.36 m behind it on the default
-  world) is undone: starts and the tracking prior go in as B^-1 T, fixes come out as B T;
+  world) is undone: starts and the tracking prior go in as B^-1 T, fixes come out as B T, their
+  covariance widened by the measured spread of the corrected optimum (`refiner_spread`);
 - states: uninitialized -> localized (fix from a global prior) -> tracking (fix from a propagated
   prior) -> lost (a rejected fix from a global prior, or more than `max_tracking_misses` rejected
   tracking fixes in a row: until then tracking coasts on odometry); lost and uninitialized need a
@@ -100,7 +101,8 @@ class LocalizerConfig:
     # is centimetres off, which a 20x15 level cannot resolve (measured offline: -5 ms per frame,
     # fixes within 1 m 6 -> 18 of 80)
     tracking_skip_levels: int = 1
-    # apply the map's measured refiner bias (`MapMetadata.refiner_bias`); off: raw refiner optimum
+    # apply the map's measured refiner bias and spread (`MapMetadata.refiner_bias`); off: the raw
+    # refiner optimum and its Gauss-Newton covariance
     correct_refiner_bias: bool = True
     refine: RefineConfig = field(default_factory=RefineConfig)
 
@@ -122,7 +124,7 @@ class Fix:
     """Outcome of one frame. `T_cam_world` is the refined pose even when rejected (for logs)."""
 
     T_cam_world: Pose
-    covariance: np.ndarray      # (6,6), see RefineResult.covariance
+    covariance: np.ndarray      # (6,6), RefineResult.covariance plus the map's refiner spread
     consistency: float
     kappa: float                # chance-corrected consistency (see module docstring)
     num_points: int
@@ -173,6 +175,8 @@ class Localizer:
         self.misses = 0  # rejected tracking fixes since the last accepted one
         bias = labeled_map.meta.refiner_bias if config.correct_refiner_bias else ()
         self._bias = Pose.exp(np.asarray(bias, np.float64)) if len(bias) else Pose.identity()
+        spread = labeled_map.meta.refiner_spread if config.correct_refiner_bias else ()
+        self._spread = np.asarray(spread, np.float64).reshape(6, 6) if len(spread) else np.zeros((6, 6))
         # decoded once: the map stores quantized positions and quaternions
         self._xyz = labeled_map.xyz
         self._labels = labeled_map.labels.astype(np.int64)
@@ -264,7 +268,7 @@ class Localizer:
         best, points = max(candidates, key=lambda c: (c[0].converged, c[0].consistency))
         Ad = self._bias.adjoint()
         best = dataclasses.replace(best, T_cam_world=self._bias @ best.T_cam_world,
-                                   covariance=Ad @ best.covariance @ Ad.T)
+                                   covariance=Ad @ best.covariance @ Ad.T + self._spread)
         gate_probs = levels[-2 if len(levels) > 1 else -1].probs  # read with its own labels
         chance = chance_consistency(gate_probs, level_labels(points.labels, levels[-1].probs.shape[0],
                                                              gate_probs.shape[0]))

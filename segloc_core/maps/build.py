@@ -187,7 +187,7 @@ def label_and_describe(geometry: MapGeometry, segmenter: SegmenterLike,
 
 def with_refiner_bias(labeled: LabeledMap, geometry: MapGeometry, segmenter: SegmenterLike,
                       max_images: int, progress: bool = True) -> LabeledMap:
-    """`labeled` with `meta.refiner_bias` measured on up to `max_images` evenly spaced database
+    """`labeled` with `meta.refiner_bias` and `refiner_spread` measured on up to `max_images` evenly spaced database
     images (`localize.bias`); unchanged when `max_images` is 0 or too few refinements converged."""
     n = len(geometry.names)
     if max_images <= 0:
@@ -211,7 +211,8 @@ def with_refiner_bias(labeled: LabeledMap, geometry: MapGeometry, segmenter: Seg
     log.info("refiner bias from %d mapping images: %s %s (camera x right, y down, z forward), "
              "%s deg; their median offset %.3f -> %.3f in-sample", estimate.images, rho.tolist(),
              labeled.meta.units, omega.tolist(), estimate.offset_before, estimate.offset_after)
-    return dataclasses.replace(labeled, meta=dataclasses.replace(labeled.meta, refiner_bias=estimate.twist))
+    return dataclasses.replace(labeled, meta=dataclasses.replace(labeled.meta, refiner_bias=estimate.twist,
+                                                                 refiner_spread=estimate.spread))
 
 
 def scene_depth(geometry: MapGeometry, max_observations: int = 200_000) -> float:

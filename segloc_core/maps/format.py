@@ -19,7 +19,7 @@ Compactness (the reason for the layout, at most 16 bytes per point on the defaul
 - database descriptors are float16.
 
 File layout (little-endian), format name `segloc.labeled_map`, version 1.1 (1.1 added the optional
-`refiner_bias` metadata; a 1.0 reader ignores it):
+`refiner_bias` and `refiner_spread` metadata; a 1.0 reader ignores them):
 
     magic  b"SEGLMAP\\0"   8 bytes
     L      uint64          length of the header
@@ -86,6 +86,8 @@ class MapMetadata:
     # mapping images refined from their own poses: twist [rho, omega] of B with T_true = B T_refined
     # (camera frame; empty: not measured). The localizer corrects its fixes by it.
     refiner_bias: tuple[float, ...] = ()
+    # covariance (6x6 row-major) of those offsets around refiner_bias, added to every fix's covariance
+    refiner_spread: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -503,7 +505,8 @@ def _from_arrays(meta: dict, a: dict[str, np.ndarray], path: Path) -> LabeledMap
                          frame_id=str(meta["frame_id"]), units=str(meta["units"]),
                          created_utc=str(meta["created_utc"]), min_agreement=float(meta["min_agreement"]),
                          scene_depth=float(meta.get("scene_depth", 0.0)),
-                         refiner_bias=tuple(float(v) for v in meta.get("refiner_bias", ())))
+                         refiner_bias=tuple(float(v) for v in meta.get("refiner_bias", ())),
+                         refiner_spread=tuple(float(v) for v in meta.get("refiner_spread", ())))
         names, models = tuple(meta["image_names"]), tuple(meta["camera_models"])
         step = float(meta["position_step_m"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -546,6 +549,9 @@ def validate_map(m: LabeledMap) -> str | None:
         (m.whitening.projection.ndim == 2 and m.whitening.projection.shape[0] == len(m.whitening.mean)
          and m.whitening.projection.shape[1] == m.images.descriptors.shape[1],
          "whitening parameters do not match the descriptor dimensions"),
+        (len(m.meta.refiner_bias) in (0, 6) and len(m.meta.refiner_spread) in (0, 36)
+         and np.isfinite(m.meta.refiner_bias).all() and np.isfinite(m.meta.refiner_spread).all(),
+         "refiner_bias / refiner_spread are not 6 / 36 finite numbers"),
     ]
     return next((why for ok, why in checks if not ok), None)
 
