@@ -36,7 +36,12 @@ def test_summary_counts_only_accepted_fixes_and_wrong_accepted_ones():
     rows = [{"prior": [0.3, 30.0], "fix": [0.01, 1.0], "accepted": True, "from_reference": [0.2, 1.0]},
             {"prior": [0.04, 4.0], "fix": [0.02, 1.0], "accepted": False, "from_reference": [0.02, 1.0]},
             {"prior": [0.5, 40.0], "fix": [0.4, 20.0], "accepted": True, "from_reference": [0.04, 3.0]}]
+    # the same maps without the refiner bias correction (`localize.bias`), reported beside
+    for r, raw, ok in zip(rows, ([0.3, 1.0], [0.02, 1.0], [0.4, 20.0]), (True, True, True)):
+        r.update(fix_uncorrected=raw, from_reference_uncorrected=raw, accepted_uncorrected=ok, bias_corrected=True)
     got = summarize(rows)
     assert got["PA"] == [0, 1, 1] and got["PR"] == [1, 1, 1]
     assert got["from_reference"] == [0, 2, 3]  # gates ignored: where refinement from the truth lands
     assert got["accepted"] == 2 and got["accepted_wrong"] == 1
+    assert got["PR_uncorrected"] == [0, 1, 1] and got["from_reference_uncorrected"] == [0, 1, 1]
+    assert got["accepted_wrong_uncorrected"] == 2 and got["bias_corrected"] == 3

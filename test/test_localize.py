@@ -230,6 +230,15 @@ def test_map_build_measures_the_refiner_bias_and_the_localizer_corrects_it(world
     dt, dr = pose_error(Pose.exp(calibrated.meta.refiner_bias), B)
     assert dt < 0.05 and dr < 0.2, (dt, dr)
     assert with_refiner_bias(labeled_map, claimed, BiasedSegmenter(), max_images=0).meta.refiner_bias == ()
+    # offsets that differ from image to image (0.4 m in random directions): a median of the others
+    # does not bring an image closer, so no correction is kept, only the spread
+    rng = np.random.default_rng(3)
+    scattered = dataclasses.replace(geo, T_cam_world=tuple(
+        Pose.exp(np.r_[0.4 * d / np.linalg.norm(d), 0.0, 0.0, 0.0]) @ T
+        for d, T in zip(rng.standard_normal((len(geo.names), 3)), geo.T_cam_world)))
+    uncorrected = with_refiner_bias(labeled_map, scattered, BiasedSegmenter(), max_images=100, progress=False)
+    assert uncorrected.meta.refiner_bias == () and len(uncorrected.meta.refiner_spread) == 36
+    assert np.trace(np.reshape(uncorrected.meta.refiner_spread, (6, 6))[:3, :3]) > 0.1  # ~0.16 m^2
 
     # a tight tracking prior (1 cm): it decides where a tracked fix ends, so it must sit where the
     # refiner's optimum is, not on the true pose

@@ -65,10 +65,20 @@ def _errors(T_est: Pose | None, T_gt: Pose, depth: float) -> tuple[float, float]
     return dt / depth, dr
 
 
+def _fix_errors(result, sim: tuple, gt: Pose, depth: float, from_reference: bool = False) -> list[float]:
+    """A `QueryResult`'s fix (or its fix from the reference pose) in the reference frame, as errors
+    (share of the depth, deg); a start from the reference that found no map points to refine is a
+    miss (inf), not a perfect fix."""
+    fix = result.fix_from_reference if from_reference else result.fix
+    if fix is None or (from_reference and not fix.num_points):
+        return [float("inf"), float("inf")]
+    return [round(v, 4) for v in _errors(to_reference(fix.T_cam_world, *sim), gt, depth)]
+
+
 def leave_one_out(images: Path, work: Path, train_config: str | None, queries: list[str] | None = None,
                   progress: bool = True) -> dict:
     """Per photo: errors of the prior and of the fix (relative to the scene depth, deg), accepted."""
-    from segloc_core.localize.localizer import localize_queries
+    from segloc_core.localize.localizer import LocalizerConfig, localize_queries
     from segloc_core.maps.build import scene_depth
     from segloc_core.maps.cli import MapSource, build_map
     from segloc_core.maps.colmap import sfm_geometry
@@ -100,18 +110,22 @@ def leave_one_out(images: Path, work: Path, train_config: str | None, queries: l
             dst = np.stack([ref.T_cam_world[ref.names.index(m.images.names[i])].center() for i in shared])
             s, R, t = similarity(src, dst)
             gt = ref.T_cam_world[q]
-            res = localize_queries([QueryImage(name, images / name, ref.cameras[q], to_map(gt, s, R, t))], seg, m,
+            query = QueryImage(name, images / name, ref.cameras[q], to_map(gt, s, R, t))
+            res = localize_queries([query], seg, m, progress=False, from_reference=True)[0]
+            # the same map without its refiner bias correction (`localize.bias`): what the correction did
+            raw = localize_queries([query], seg, m, config=LocalizerConfig(correct_refiner_bias=False),
                                    progress=False, from_reference=True)[0]
         align = float(np.median(np.linalg.norm(s * src @ R.T + t - dst, axis=1)) / depth)
         prior = _errors(to_reference(res.T_cam_world_prior, s, R, t) if res.T_cam_world_prior else None, gt, depth)
-        fix = _errors(to_reference(res.fix.T_cam_world, s, R, t) if res.fix else None, gt, depth)
-        at_ref = res.fix_from_reference
-        # no points near the reference pose: nothing was refined (the fix is the start itself)
-        from_ref = _errors(to_reference(at_ref.T_cam_world, s, R, t) if at_ref and at_ref.num_points else None,
-                           gt, depth)
-        rows.append({"image": name, "prior": [round(v, 4) for v in prior], "fix": [round(v, 4) for v in fix],
-                     "from_reference": [round(v, 4) for v in from_ref],
+        sim = (s, R, t)
+        rows.append({"image": name, "prior": [round(v, 4) for v in prior],
+                     "fix": _fix_errors(res, sim, gt, depth),
+                     "from_reference": _fix_errors(res, sim, gt, depth, from_reference=True),
                      "accepted": bool(res.fix is not None and res.fix.accepted),
+                     "fix_uncorrected": _fix_errors(raw, sim, gt, depth),
+                     "from_reference_uncorrected": _fix_errors(raw, sim, gt, depth, from_reference=True),
+                     "accepted_uncorrected": bool(raw.fix is not None and raw.fix.accepted),
+                     "bias_corrected": bool(m.meta.refiner_bias),
                      "reason": res.fix.reason if res.fix else res.error, "database_images": len(m.images),
                      "alignment_residual": round(align, 4), "seconds": round(time.perf_counter() - t0, 1)})
         if progress:
@@ -120,14 +134,19 @@ def leave_one_out(images: Path, work: Path, train_config: str | None, queries: l
 
 
 def summarize(rows: list[dict]) -> dict:
-    def share(key: str, accepted_only: bool) -> list[int]:
-        return [sum(1 for r in rows if r[key][0] <= d and r[key][1] <= a and (r["accepted"] or not accepted_only))
+    def share(key: str, accepted: str | None) -> list[int]:
+        return [sum(1 for r in rows if r[key][0] <= d and r[key][1] <= a and (accepted is None or r[accepted]))
                 for d, a in THRESHOLDS]
 
-    return {"queries": len(rows), "PA": share("prior", False), "PR": share("fix", True),
-            "from_reference": share("from_reference", False),
+    return {"queries": len(rows), "PA": share("prior", None), "PR": share("fix", "accepted"),
+            "from_reference": share("from_reference", None),
             "accepted": sum(r["accepted"] for r in rows),
-            "accepted_wrong": sum(r["accepted"] and r["fix"][0] > WRONG for r in rows)}
+            "accepted_wrong": sum(r["accepted"] and r["fix"][0] > WRONG for r in rows),
+            "bias_corrected": sum(r["bias_corrected"] for r in rows),
+            "PR_uncorrected": share("fix_uncorrected", "accepted_uncorrected"),
+            "from_reference_uncorrected": share("from_reference_uncorrected", None),
+            "accepted_wrong_uncorrected": sum(r["accepted_uncorrected"] and r["fix_uncorrected"][0] > WRONG
+                                              for r in rows)}
 
 
 def _plot(result: dict, path: Path) -> None:
