@@ -13,7 +13,9 @@ the refiner's accuracy and basin with these labels.
 The classical baseline (`sift`: SIFT + PnP with pycolmap, `segloc_core.eval.sift_baseline`) runs on
 the same queries, matched to the database images the model's retrieval returned for each.
 
-Recall counts over all queries (a rejected fix is a miss); thresholds use <=. Label-quality
+Recall counts over all queries (a rejected fix is a miss); thresholds use <=. Whether the published
+covariance covers the error: the share of accepted fixes inside their 3-sigma position ellipsoid
+(`covariance_3sigma_share`; a calibrated Gaussian gives 97 %). Label-quality
 figures (`segloc_core.label_metrics`) are computed on the same map and query segmentations. The
 last stdout line is one JSON object keyed by configuration; a PNG of the error curves is written.
 """

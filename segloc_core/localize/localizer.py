@@ -268,7 +268,7 @@ class Localizer:
         best, points = max(candidates, key=lambda c: (c[0].converged, c[0].consistency))
         Ad = self._bias.adjoint()
         best = dataclasses.replace(best, T_cam_world=self._bias @ best.T_cam_world,
-                                   covariance=Ad @ best.covariance @ Ad.T + self._spread)
+                                   covariance=Ad @ best.covariance @ Ad.T)
         gate_probs = levels[-2 if len(levels) > 1 else -1].probs  # read with its own labels
         chance = chance_consistency(gate_probs, level_labels(points.labels, levels[-1].probs.shape[0],
                                                              gate_probs.shape[0]))
@@ -314,8 +314,10 @@ class Localizer:
             self.misses += 1  # coast: the track survives a few bad frames
         elif self.state != State.UNINITIALIZED or source != PriorSource.RETRIEVAL:
             self.state = State.LOST
+        # published with the map's refiner spread; the position gate above read the refinement's
+        # own covariance (the spread is one figure for the whole map, not a sign of a bad fix)
         fix = Fix(T_cam_world=result.T_cam_world if result is not None else prior,
-                  covariance=result.covariance if result is not None else np.full((6, 6), np.inf),
+                  covariance=result.covariance + self._spread if result is not None else np.full((6, 6), np.inf),
                   consistency=result.consistency if result is not None else 0.0,
                   kappa=_kappa(result.consistency, chance) if result is not None else 0.0,
                   num_points=result.num_valid if result is not None else 0,

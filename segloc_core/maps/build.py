@@ -207,15 +207,10 @@ def with_refiner_bias(labeled: LabeledMap, geometry: MapGeometry, segmenter: Seg
         log.warning("refiner bias not measured: too few of %d mapping images refined from their own "
                     "poses converged", len(picks))
         return labeled
-    if estimate.twist:
-        rho, omega = np.round(estimate.twist[:3], 3), np.round(np.degrees(estimate.twist[3:]), 2)
-        log.info("refiner bias from %d mapping images: %s %s (camera x right, y down, z forward), %s deg; "
-                 "median offset %.3f -> %.3f, each image corrected by the others'", estimate.images,
-                 rho.tolist(), labeled.meta.units, omega.tolist(), estimate.offset_before, estimate.offset_after)
-    else:
-        log.info("refiner bias not corrected: on %d mapping images a correction from the others moved "
-                 "each further off (median offset %.3f -> %.3f %s); only its spread is kept",
-                 estimate.images, estimate.offset_before, estimate.offset_after, labeled.meta.units)
+    rho, omega = np.round(estimate.twist[:3], 3), np.round(np.degrees(estimate.twist[3:]), 2)
+    log.info("refiner bias from %d mapping images: %s %s (camera x right, y down, z forward), %s deg; "
+             "median offset %.3f, %.3f with each image corrected by the others'", estimate.images,
+             rho.tolist(), labeled.meta.units, omega.tolist(), estimate.offset_before, estimate.offset_after)
     return dataclasses.replace(labeled, meta=dataclasses.replace(labeled.meta, refiner_bias=estimate.twist,
                                                                  refiner_spread=estimate.spread))
 

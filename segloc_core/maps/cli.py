@@ -188,14 +188,11 @@ def label_report(m: LabeledMap, poses: int = 50) -> list[str]:
 def bias_text(m: LabeledMap) -> str:
     """The map's measured refiner bias and spread (`localize.bias`) in words."""
     b = m.meta.refiner_bias
-    if not b and not m.meta.refiner_spread:
+    if not b:
         return "not measured (fixes are not corrected)"
-    if b:
-        rho = ", ".join(f"{v:+.3f}" for v in b[:3])
-        deg = ", ".join(f"{math.degrees(v):+.2f}" for v in b[3:])
-        text = f"{rho} {m.meta.units} (camera right, down, forward), {deg} deg; fixes are corrected by it"
-    else:
-        text = "none kept (a correction from some mapping images moved the others further off)"
+    rho = ", ".join(f"{v:+.3f}" for v in b[:3])
+    deg = ", ".join(f"{math.degrees(v):+.2f}" for v in b[3:])
+    text = f"{rho} {m.meta.units} (camera right, down, forward), {deg} deg; fixes are corrected by it"
     if len(m.meta.refiner_spread) == 36:
         std = [math.sqrt(max(m.meta.refiner_spread[7 * i], 0.0)) for i in range(6)]
         text += (f"; spread (std) {', '.join(f'{v:.3f}' for v in std[:3])} {m.meta.units}, "
