@@ -112,6 +112,9 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   range=(0.0, 1.0)),
         ParamSpec("tracking_prior_std_deg", 0.3, "tracking: rotation std-dev of the prior (deg)",
                   range=(0.001, 180.0)),
+        ParamSpec("correct_refiner_bias", True,
+                  "correct fixes by the map's measured refiner bias and widen their covariance by its "
+                  "spread (`segloc map info`); false: the raw refiner optimum"),
         ParamSpec("max_tracking_misses", 5,
                   "rejected tracking fixes in a row before the track is lost (coasting on odometry)",
                   range=(0, 1000)),

@@ -69,8 +69,15 @@ class RefinerNode(ManagedNode):
             tracking_prior_std_m=self.p["tracking_prior_std_m"],
             tracking_prior_std_per_m=self.p["tracking_prior_std_per_m"],
             tracking_prior_std_deg=self.p["tracking_prior_std_deg"],
-            max_tracking_misses=self.p["max_tracking_misses"]))
-        self.get_logger().info(f"map {path}: {len(labeled_map)} points, K={labeled_map.meta.K}")
+            max_tracking_misses=self.p["max_tracking_misses"],
+            correct_refiner_bias=self.p["correct_refiner_bias"]))
+        bias = labeled_map.meta.refiner_bias
+        if not bias:
+            bias_text = "not measured (a map from before format 1.1: rebuild it to correct fixes)"
+        else:
+            use = "corrected" if self.p["correct_refiner_bias"] else "not corrected (correct_refiner_bias false)"
+            bias_text = f"{[round(v, 3) for v in bias[:3]]} {labeled_map.meta.units} (camera right, down, forward), {use}"
+        self.get_logger().info(f"map {path}: {len(labeled_map)} points, K={labeled_map.meta.K}; refiner bias {bias_text}")
         self._lock = threading.Lock()
         self._priors: OrderedDict[int, PosePrior] = OrderedDict()    # by image stamp
         self._waiting: OrderedDict[int, Segmentation] = OrderedDict()  # segmentations without prior
