@@ -3,10 +3,10 @@
 Why: refined from their own true poses, frames of the default world settle a median 0.4-0.6 m
 behind the truth (autumn -0.50, night -0.61, even the mapping frames the shipped model trained on
 -0.37 m along the optical axis, pitched 0.3 deg), while the oracle's labels settle 0.04 m off. The
-network's regions are not where the map's points are: a region the network is sure of grows over
-its smaller, less certain neighbours (its sky reaches a median row lower than the true skyline at
-160x120; near facades and road over the far ones), so the cost is lowest where the points shrink
-towards the vanishing point, i.e. with the camera moved back. The offset is close to constant in
+network's regions are not quite where the map's points are (measured: its label maps are
+registered, best image shift 0 px, but its sky reaches a median of one row of 160x120 below the true
+skyline; a region it is sure of grows over smaller, less certain neighbours), and on its maps the
+cost is lowest where the projection shrinks towards the vanishing point: camera moved back, pitched. The offset is close to constant in
 the camera frame, so the map build measures it on mapping images (their poses are known there:
 rendered, SLAM or SfM) and the localizer corrects every fix by it (`Localizer`,
 `MapMetadata.refiner_bias`): T_true = B T_refined.
