@@ -274,3 +274,36 @@ def test_fix_covariance_includes_the_maps_refiner_spread(world_and_map):
         meta, refiner_spread=tuple(np.diag([9.0, 9.0, 9.0, 1e-6, 1e-6, 1e-6]).ravel())))
     fix = Localizer(wide, config).localize(levels, rec.T_cam_world, PriorSource.INITIALPOSE)
     assert fix.accepted and fix.position_std_m > config.max_position_std_m, fix.reason
+
+
+def test_a_fix_with_a_distant_rival_of_nearly_its_consistency_is_rejected(world_and_map, monkeypatch):
+    """On the Sacre Coeur leave-one-out, wrong retrieval hypotheses won with nearly the consistency
+    of the right one and were accepted (28 % of the scene depth, 50 deg off). A converged candidate
+    farther than hypothesis_group_m (or ambiguity_deg) from the winner with >= ambiguity_ratio of
+    its consistency now rejects the fix as ambiguous; a weaker rival (below the ratio) does not."""
+    import dataclasses
+
+    from segloc_core.localize import localizer as localizer_module
+
+    ds, labeled_map = world_and_map
+    rec, levels = _query(ds, "winter", 5)
+    real = localizer_module.refine_many
+
+    def with_rival(share):
+        def fake(levels, points, starts, config, prior=None):
+            results = real(levels, points, starts, config, prior)
+            best = max(results, key=lambda r: r.consistency)
+            far = Pose.from_rotvec(np.zeros(3), np.array([12.0, 0.0, 0.0])) @ best.T_cam_world
+            return results + [dataclasses.replace(best, T_cam_world=far, consistency=share * best.consistency)]
+        return fake
+
+    config = LocalizerConfig(max_points=3000)
+    monkeypatch.setattr(localizer_module, "refine_many", with_rival(0.95))
+    fix = Localizer(labeled_map, config).localize(levels, rec.T_cam_world, PriorSource.INITIALPOSE)
+    assert not fix.accepted and fix.reason.startswith("ambiguous"), fix.reason
+    assert pose_error(fix.T_cam_world, rec.T_cam_world)[0] < 0.1  # the winner itself is kept for the log
+    monkeypatch.setattr(localizer_module, "refine_many", with_rival(0.5))
+    assert Localizer(labeled_map, config).localize(levels, rec.T_cam_world, PriorSource.INITIALPOSE).accepted
+    monkeypatch.setattr(localizer_module, "refine_many", with_rival(0.95))
+    off = dataclasses.replace(config, ambiguity_ratio=0.0)
+    assert Localizer(labeled_map, off).localize(levels, rec.T_cam_world, PriorSource.INITIALPOSE).accepted
