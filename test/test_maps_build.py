@@ -426,7 +426,7 @@ def test_votes_read_each_images_own_camera():
                       lambda i: np.zeros((10, 10, 3), np.uint8), "test")
     _, camera_index = _camera_table(geo.cameras)
     assert list(camera_index) == [0, 0, 1]
-    lookup = SegmenterLookup(HalfSegmenter(), geo, camera_index)
+    lookup = SegmenterLookup(HalfSegmenter(), geo)
     uv = np.array([[300.0, 240.0]])  # left of B's centre: label 0 (camera A reads it right of centre)
     assert lookup(2, uv).argmax(1).tolist() == [0]
     assert lookup(0, np.array([[150.0, 120.0]])).argmax(1).tolist() == [0]

@@ -6,10 +6,10 @@ behind the truth (autumn -0.50, night -0.61, even the mapping frames the shipped
 network's regions are not quite where the map's points are (measured: its label maps are
 registered, best image shift 0 px, but its sky reaches a median of one row of 160x120 below the true
 skyline; a region it is sure of grows over smaller, less certain neighbours), and on its maps the
-cost is lowest where the projection shrinks towards the vanishing point: camera moved back, pitched. The offset is close to constant in
-the camera frame, so the map build measures it on mapping images (their poses are known there:
-rendered, SLAM or SfM) and the localizer corrects every fix by it (`Localizer`,
-`MapMetadata.refiner_bias`): T_true = B T_refined.
+cost is lowest where the projection shrinks towards the vanishing point: camera moved back,
+pitched. The offset is close to constant in the camera frame, so the map build measures it on
+mapping images (their poses are known there: rendered, SLAM or SfM) and the localizer corrects
+every fix by it (`Localizer`, `MapMetadata.refiner_bias`): T_true = B T_refined.
 
 The same images give the spread of the corrected optimum around the truth, which the localizer adds
 to each fix's covariance: the refiner's own (sigma^2 H^-1) ignores that the labels themselves are
@@ -44,8 +44,8 @@ MIN_IMAGES = 5
 class BiasEstimate:
     """twist: [rho, omega] of B (camera frame, map units and radians); spread: the 6x6 covariance
     (row-major, 36 numbers) of the offsets around it, the error a corrected fix still has from a
-    true start, which the localizer adds to each fix's published covariance; images: converged refinements
-    both come from; offset_before / offset_after: median distance (map units) between the refined
+    true start, which the localizer adds to each fix's published covariance; images: converged
+    refinements both come from; offset_before / offset_after: median distance (map units) between the refined
     and the true camera centre without and with the correction, each image corrected by the median
     of the *others* (a diagnostic, not a test: see `measure_refiner_bias`)."""
 

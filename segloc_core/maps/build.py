@@ -136,8 +136,8 @@ def sample_nearest(probs: np.ndarray, uv: np.ndarray) -> np.ndarray:
 class SegmenterLookup:
     """`ProbLookup` that segments a database image when first asked, keeping its raw descriptor."""
 
-    def __init__(self, segmenter: SegmenterLike, geometry: MapGeometry, camera_index: Sequence[int]):
-        self.segmenter, self.geometry, self.camera_index = segmenter, geometry, camera_index
+    def __init__(self, segmenter: SegmenterLike, geometry: MapGeometry):
+        self.segmenter, self.geometry = segmenter, geometry
         self.descriptors: dict[int, np.ndarray] = {}
 
     def segment(self, image: int):
@@ -170,8 +170,7 @@ def label_and_describe(geometry: MapGeometry, segmenter: SegmenterLike,
                        config: BuildConfig = BuildConfig(), progress: bool = True) -> LabeledMap:
     """Segment every database image once: vote point labels (or, for a model trained on place
     cells, label each point by its cell), whiten the image descriptors."""
-    cameras, camera_index = _camera_table(geometry.cameras)
-    lookup = SegmenterLookup(segmenter, geometry, camera_index)
+    lookup = SegmenterLookup(segmenter, geometry)
     cells = getattr(segmenter, "place_cells", None)
     if cells is not None:
         labels, agreement = cells.labels(geometry.xyz_m), np.ones(len(geometry.xyz_m), np.float32)
@@ -193,6 +192,7 @@ def with_refiner_bias(labeled: LabeledMap, geometry: MapGeometry, segmenter: Seg
     if max_images <= 0:
         return labeled
     picks = np.unique(np.linspace(0, n - 1, min(n, max_images)).round().astype(np.int64))
+    # segmented again rather than kept from labelling: 100 images' four levels are ~1 GB at K=100
 
     def samples():
         for i in progress_bar(picks, desc="refiner bias", unit="img", enabled=progress):
