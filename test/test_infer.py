@@ -59,6 +59,20 @@ def test_onnx_matches_pytorch(small_model):
         assert np.allclose(la.reductions, level_reductions(la.probs), atol=1e-5)
 
 
+def test_zoom_averaging_graph_exports_with_parity(small_model, tmp_path):
+    """`segloc export --test-scales`: the zooms travel in the config and the ONNX metadata, and ONNX
+    Runtime computes what PyTorch computes (grid sampling included)."""
+    files = model_files(small_model)
+    out = export_model(files.weights, files.config_yaml, tmp_path / "zoom.onnx", check=False, test_scales=(0.8, 1.25))
+    zoom = model_files(out)
+    assert zoom.config.test_scales == (0.8, 1.25)
+    assert parity(out) < 1e-3
+    img = np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    a, b = OrtSegmenter(zoom).segment(img), OrtSegmenter(files).segment(img)
+    assert np.allclose(a.levels[3].probs.sum(0), 1, atol=1e-4)
+    assert np.abs(a.levels[3].probs - b.levels[3].probs).max() > 1e-3  # the views are averaged in
+
+
 def test_dynamic_size_export_runs_at_other_sizes(small_model, tmp_path):
     import onnxruntime as ort
 

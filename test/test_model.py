@@ -101,6 +101,40 @@ def test_config_is_validated_and_round_trips():
         ModelConfig(strides=(32, 16, 8, 4))
     with pytest.raises(InputError, match="unknown"):
         ModelConfig.from_dict({"classes": 5})
+    zoomed = ModelConfig.from_dict({**SMALL.to_dict(), "test_scales": [0.8, 1.25]})
+    assert zoomed.test_scales == (0.8, 1.25) and ModelConfig.from_dict(zoomed.to_dict()) == zoomed
+    for bad in ([1.0], [0.9, 0.9], [0.3], [2.5]):
+        with pytest.raises(InputError, match="test_scales"):
+            ModelConfig.from_dict({**SMALL.to_dict(), "test_scales": bad})
+
+
+def test_test_scales_average_the_zoomed_view_back_on_the_image(net):
+    """Zoom 2: the view is the image's central half upsampled 2x; the graph's finest map is the
+    image's own probabilities averaged, over that central half, with the view's probabilities
+    pooled 2x2 back onto it (and the image's own alone elsewhere). Checked against the plain graph
+    run on a view made by `interpolate` (the image is flat around the crop border, where
+    `interpolate` clamps and `grid_sample` reads the neighbours)."""
+    import dataclasses
+
+    torch.manual_seed(1)
+    img = torch.rand(1, 3, 48, 64) * 255
+    flat = torch.zeros(48, 64, dtype=torch.bool)
+    flat[10:14, :] = flat[34:38, :] = True
+    flat[:, 14:18] = flat[:, 46:50] = True
+    img[:, :, flat] = 100.0
+    zoomed = SegLocNet(dataclasses.replace(SMALL, test_scales=(2.0,))).eval()
+    zoomed.load_state_dict(net.state_dict())
+    view = torch.nn.functional.interpolate(img[:, :, 12:36, 16:48], scale_factor=2, mode="bilinear",
+                                           align_corners=False)
+    with torch.no_grad():
+        plain = InferenceGraph(net, REDUCTION_NAMES)
+        own, of_view = plain(img)[3], plain(view)[3]
+        got = InferenceGraph(zoomed, REDUCTION_NAMES)(img)
+    want = own.clone()
+    want[:, :, 6:18, 8:24] = (own[:, :, 6:18, 8:24] + torch.nn.functional.avg_pool2d(of_view, 2)) / 2
+    assert torch.allclose(got[3], want, atol=1e-5)
+    assert not torch.allclose(got[3], own, atol=1e-3)  # the view changed something
+    assert torch.allclose(got[0], torch.nn.functional.avg_pool2d(got[3], 8), atol=1e-6)  # levels from the average
 
 
 def test_default_model_is_small(net):

@@ -40,13 +40,16 @@ def read_model_yaml(path: Path) -> dict:
 
 
 def export_model(weights: Path, config_yaml: Path, out_onnx: Path, input_size: tuple[int, int] | None = None,
-                 dynamic: bool = False, check: bool = True) -> Path:
-    """Write out_onnx (+ .yaml, .pt siblings); returns the ONNX path."""
+                 dynamic: bool = False, check: bool = True, test_scales: tuple[float, ...] | None = None) -> Path:
+    """Write out_onnx (+ .yaml, .pt siblings); returns the ONNX path. `test_scales` (None: the
+    config's) sets `ModelConfig.test_scales`: the zooms the graph averages the finest probabilities over."""
     weights, config_yaml, out_onnx = Path(weights), Path(config_yaml), Path(out_onnx)
     doc = read_model_yaml(config_yaml)
     mdict = dict(doc["model"])
     if input_size is not None:
         mdict["input_width"], mdict["input_height"] = int(input_size[0]), int(input_size[1])
+    if test_scales is not None:
+        mdict["test_scales"] = list(test_scales)
     config = ModelConfig.from_dict(mdict)
     net = SegLocNet(config)
     load_state_dict(net, weights)
@@ -100,8 +103,14 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise InputError(f"--input-size must look like 320x240, got {args.input_size!r}") from exc
         size = (w, h)
+    scales = None
+    if args.test_scales is not None:
+        try:
+            scales = tuple(float(v) for v in args.test_scales.split(",") if v.strip())
+        except ValueError as exc:
+            raise InputError(f"--test-scales must be comma-separated zooms, e.g. 0.9,1.1, got {args.test_scales!r}") from exc
     config = args.config or Path(args.weights).with_name("model.yaml")
-    out = export_model(args.weights, config, args.out, size, args.dynamic, check=not args.no_check)
+    out = export_model(args.weights, config, args.out, size, args.dynamic, check=not args.no_check, test_scales=scales)
     result = {"onnx": str(out), "config": str(out.with_suffix(".yaml")), "weights": str(out.with_suffix(".pt")),
               "onnx_bytes": out.stat().st_size}
     if args.tensorrt:
@@ -118,6 +127,10 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output .onnx (its .yaml/.pt siblings are written too)")
     parser.add_argument("--input-size", default=None, help="WxH, e.g. 640x480 (default: the config's)")
     parser.add_argument("--dynamic", action="store_true", help="dynamic height/width axes")
+    parser.add_argument("--test-scales", default=None,
+                        help="comma-separated zooms (e.g. 0.8,0.9,1.1,1.25) whose finest probabilities the graph "
+                             "averages with the image's own: more accurate fixes for 1 + n times the network's "
+                             "cost ('' for none; default: the config's)")
     parser.add_argument("--tensorrt", action="store_true", help="also build the FP16 TensorRT engine (GPU + tensorrt)")
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
     parser.set_defaults(func=_run)

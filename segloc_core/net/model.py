@@ -63,6 +63,13 @@ class ModelConfig:
     # (`segloc_core.place_labels.PlaceCells`, "CELL_M,K,PARENT_CELL_M,PARENTS") whose labels the
     # network was trained to predict: map points then take their label from their position
     place_cells: str = ""
+    # inference only (training ignores it): the finest probabilities are averaged with those of the
+    # same image zoomed about its centre by each of these factors (within the training augmentation's
+    # scale range), each mapped back to the image's own pixels. Why: one pass lets a confident region
+    # grow over its smaller neighbours, which pulls the refiner's optimum backwards; the views
+    # disagree on where those borders fall (measured on the default world, `test_scales` in the
+    # shipped model's README)
+    test_scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_classes < 2 or self.feature_dim < 2 or self.width <= 0:
@@ -77,6 +84,10 @@ class ModelConfig:
             if v % 16:
                 raise InputError(f"model {name}={v} must be a multiple of 16 (the coarsest stride)")
         object.__setattr__(self, "strides", tuple(self.strides))
+        scales = tuple(float(v) for v in self.test_scales)
+        if any(not 0.5 <= v <= 2.0 or v == 1.0 for v in scales) or len(set(scales)) != len(scales):
+            raise InputError(f"model test_scales must be distinct zooms in [0.5, 2] other than 1, got {list(scales)}")
+        object.__setattr__(self, "test_scales", scales)
 
     @property
     def descriptor_dim(self) -> int:
@@ -87,11 +98,12 @@ class ModelConfig:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise InputError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if k == "strides" else v for k, v in d.items()})
+        return cls(**{k: tuple(v) if k in ("strides", "test_scales") else v for k, v in d.items()})
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["strides"] = list(self.strides)
+        d["test_scales"] = list(self.test_scales)
         return d
 
 
@@ -306,14 +318,35 @@ class InferenceGraph(nn.Module):
     def output_names() -> list[str]:
         return [f"probs_{i}" for i in range(4)] + [f"reductions_{i}" for i in range(4)] + ["descriptor"]
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # Channels-last from the finest head on: the K-wide softmax, pooling and reductions are
-        # most of the graph's cost, and ONNX Runtime does them 2x faster over the innermost axis
-        # (measured: 50 -> 25 ms per 320x240 frame on 2 CPU threads); same values as channels-first.
-        net, strides = self.net, self.net.config.strides
+    def finest_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,h,w,K) finest probabilities, averaged over the config's `test_scales` views.
+
+        Channels-last from the finest head on: the K-wide softmax, pooling and reductions are
+        most of the graph's cost, and ONNX Runtime does them 2x faster over the innermost axis
+        (measured: 50 -> 25 ms per 320x240 frame on 2 CPU threads); same values as channels-first."""
+        net, scales = self.net, self.net.config.test_scales
+        b = images.shape[0]
+        if scales:  # view s samples the image at x / s (normalised coordinates about the centre)
+            grid = _centred_grid(images.shape[2], images.shape[3], images)
+            images = torch.cat([images] + [F.grid_sample(images, (grid / s).expand(b, -1, -1, -1), mode="bilinear",
+                                                         padding_mode="zeros", align_corners=False) for s in scales])
         feats = F.normalize(net.embed[-1](net.decode(images)[-1]), dim=1).permute(0, 2, 3, 1)
         head = net.heads[-1]
-        probs = torch.softmax(feats @ head.weight.flatten(1).t() + head.bias, dim=-1)  # (B,h,w,K)
+        probs = torch.softmax(feats @ head.weight.flatten(1).t() + head.bias, dim=-1)  # (V*B,h,w,K)
+        if not scales:
+            return probs
+        grid = _centred_grid(probs.shape[1], probs.shape[2], probs)
+        total, weight = probs[:b], torch.ones_like(grid[..., :1])
+        for v, s in enumerate(scales, start=1):  # image pixel x reads view v at x * s, where that lies inside it
+            back = F.grid_sample(probs[v * b:(v + 1) * b].permute(0, 3, 1, 2), (grid * s).expand(b, -1, -1, -1),
+                                 mode="bilinear", padding_mode="border", align_corners=False).permute(0, 2, 3, 1)
+            inside = ((grid * s).abs() <= 1.0).all(dim=-1, keepdim=True).to(probs.dtype)
+            total, weight = total + back * inside, weight + inside
+        return total / weight
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        net, strides = self.net, self.net.config.strides
+        probs = self.finest_probs(images)  # (B,h,w,K)
         levels = [probs]
         for lv in range(len(strides) - 2, -1, -1):  # area-pool each level from the next finer one
             b, h, w, k = levels[0].shape
@@ -325,6 +358,14 @@ class InferenceGraph(nn.Module):
             F.avg_pool2d(probs.permute(0, 3, 1, 2), net.gpo.pool).permute(0, 2, 3, 1)
         descriptor = net.gpo.pooled(gpo_in.permute(0, 3, 1, 2))
         return (*[p.permute(0, 3, 1, 2) for p in levels], *reds, descriptor)
+
+
+def _centred_grid(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """(1,h,w,2) normalised (x, y) of the pixel centres of an h x w map (grid_sample, align_corners=False)."""
+    ys = (torch.arange(h, dtype=like.dtype, device=like.device) + 0.5) * (2.0 / h) - 1.0
+    xs = (torch.arange(w, dtype=like.dtype, device=like.device) + 0.5) * (2.0 / w) - 1.0
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], dim=-1)[None]
 
 
 def count_parameters(net: nn.Module) -> int:
