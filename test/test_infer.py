@@ -71,6 +71,20 @@ def test_zoom_averaging_graph_exports_with_parity(small_model, tmp_path):
     a, b = OrtSegmenter(zoom).segment(img), OrtSegmenter(files).segment(img)
     assert np.allclose(a.levels[3].probs.sum(0), 1, atol=1e-4)
     assert np.abs(a.levels[3].probs - b.levels[3].probs).max() > 1e-3  # the views are averaged in
+    # with dynamic height/width the zoom grids follow the input size
+    import onnxruntime as ort
+
+    from segloc_core.net.model import InferenceGraph
+
+    dyn = export_model(files.weights, files.config_yaml, tmp_path / "zoom_dyn.onnx", dynamic=True, check=False,
+                       test_scales=(0.8, 1.25))
+    net = SegLocNet(zoom.config).eval()
+    net.load_state_dict(torch.load(files.weights, weights_only=True))
+    x = np.random.default_rng(6).uniform(0, 255, (1, 3, 96, 128)).astype(np.float32)
+    got = ort.InferenceSession(str(dyn), providers=["CPUExecutionProvider"]).run(["probs_3"], {"image": x})[0]
+    with torch.no_grad():
+        ref = InferenceGraph(net, REDUCTION_NAMES)(torch.from_numpy(x))[3].numpy()
+    assert got.shape == (1, 10, 48, 64) and np.abs(got - ref).max() < 1e-3
 
 
 def test_dynamic_size_export_runs_at_other_sizes(small_model, tmp_path):

@@ -65,10 +65,10 @@ class ModelConfig:
     place_cells: str = ""
     # inference only (training ignores it): the finest probabilities are averaged with those of the
     # same image zoomed about its centre by each of these factors (within the training augmentation's
-    # scale range), each mapped back to the image's own pixels. Why: one pass lets a confident region
-    # grow over its smaller neighbours, which pulls the refiner's optimum backwards; the views
-    # disagree on where those borders fall (measured on the default world, `test_scales` in the
-    # shipped model's README)
+    # scale range), each mapped back to the image's own pixels. Why (our reading): one pass lets a
+    # confident region grow over its smaller neighbours, which pulls the refiner's optimum backwards,
+    # and the views disagree on where those borders fall. It multiplies the network's cost by
+    # 1 + len(test_scales) (measured: "Zoom averaging" in segloc_core/assets/README.md)
     test_scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
