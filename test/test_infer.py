@@ -87,6 +87,17 @@ def test_zoom_averaging_graph_exports_with_parity(small_model, tmp_path):
     assert got.shape == (1, 10, 48, 64) and np.abs(got - ref).max() < 1e-3
 
 
+def test_export_refuses_bad_test_scales_without_writing(small_model, tmp_path, capsys):
+    from segloc_core.cli import main
+
+    files = model_files(small_model)
+    for bad, message in (("abc", "comma-separated zooms"), ("1.0,0.9", "other than 1")):
+        out = tmp_path / f"bad_{len(bad)}.onnx"
+        assert main(["export", "--weights", str(files.weights), "--config", str(files.config_yaml),
+                     "--test-scales", bad, "--out", str(out)]) == 4
+        assert message in capsys.readouterr().err and not out.exists()
+
+
 def test_dynamic_size_export_runs_at_other_sizes(small_model, tmp_path):
     import onnxruntime as ort
 
