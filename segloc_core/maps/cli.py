@@ -185,14 +185,16 @@ def label_report(m: LabeledMap, poses: int = 50) -> list[str]:
             "within a few metres)"]
 
 
-def bias_text(m: LabeledMap) -> str:
-    """The map's measured refiner bias and spread (`localize.bias`) in words."""
+def bias_text(m: LabeledMap, applied: bool = True) -> str:
+    """The map's measured refiner bias and spread (`localize.bias`) in words; `applied`: whether the
+    localizer corrects fixes by it (`LocalizerConfig.correct_refiner_bias`)."""
     b = m.meta.refiner_bias
     if not b:
-        return "not measured (fixes are not corrected)"
+        return "not measured (a map from before format 1.1, or too few mapping images converged: fixes are not corrected)"
     rho = ", ".join(f"{v:+.3f}" for v in b[:3])
     deg = ", ".join(f"{math.degrees(v):+.2f}" for v in b[3:])
-    text = f"{rho} {m.meta.units} (camera right, down, forward), {deg} deg; fixes are corrected by it"
+    use = "fixes are corrected by it" if applied else "not applied (correct_refiner_bias false)"
+    text = f"{rho} {m.meta.units} (camera right, down, forward), {deg} deg; {use}"
     if len(m.meta.refiner_spread) == 36:
         std = [math.sqrt(max(m.meta.refiner_spread[7 * i], 0.0)) for i in range(6)]
         text += (f"; spread (std) {', '.join(f'{v:.3f}' for v in std[:3])} {m.meta.units}, "

@@ -25,6 +25,7 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from segloc_core.errors import InputError
 from segloc_core.geometry import Pose
 from segloc_core.localize.localizer import Fix, Localizer, LocalizerConfig, PriorSource, State
+from segloc_core.maps.cli import bias_text
 from segloc_core.maps.format import load_map
 from segloc_core.paths import map_path
 from segloc_msgs.msg import LocalizationStatus, PosePrior, Segmentation
@@ -71,13 +72,8 @@ class RefinerNode(ManagedNode):
             tracking_prior_std_deg=self.p["tracking_prior_std_deg"],
             max_tracking_misses=self.p["max_tracking_misses"],
             correct_refiner_bias=self.p["correct_refiner_bias"]))
-        bias = labeled_map.meta.refiner_bias
-        if not bias:
-            bias_text = "not measured (a map from before format 1.1: rebuild it to correct fixes)"
-        else:
-            use = "corrected" if self.p["correct_refiner_bias"] else "not corrected (correct_refiner_bias false)"
-            bias_text = f"{[round(v, 3) for v in bias[:3]]} {labeled_map.meta.units} (camera right, down, forward), {use}"
-        self.get_logger().info(f"map {path}: {len(labeled_map)} points, K={labeled_map.meta.K}; refiner bias {bias_text}")
+        self.get_logger().info(f"map {path}: {len(labeled_map)} points, K={labeled_map.meta.K}; refiner bias "
+                               f"{bias_text(labeled_map, self.p['correct_refiner_bias'])}")
         self._lock = threading.Lock()
         self._priors: OrderedDict[int, PosePrior] = OrderedDict()    # by image stamp
         self._waiting: OrderedDict[int, Segmentation] = OrderedDict()  # segmentations without prior
